@@ -1,0 +1,108 @@
+//! `docker-idpb build`: a directory into an OCI layout, a docker-loadable tar, or the local store.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{BuildArgs, ImageFlags, store_dir};
+use crate::error::{Error, Result};
+use crate::layout::{LayoutSink, TarSink};
+use crate::pipeline::{self, Built, Plan};
+use crate::progress::Progress;
+use crate::reference::{Reference, sanitize_repository_component};
+use crate::sink::Sink;
+use crate::walk::{Context, Kind};
+
+pub fn run(args: BuildArgs) -> Result<()> {
+    let context_dir = args.context.clone().unwrap_or_else(|| PathBuf::from("."));
+    // Validate every flag before reading anything.
+    let json = args.json()?;
+    let image = args.image_options()?;
+    let layer = args.layer_options()?;
+    let names = names_for(&args.tag, &context_dir)?;
+    if args.oci_layout.is_some() && args.tar.is_some() {
+        return Err(Error::usage("--oci-layout and --tar are exclusive: build twice to get both"));
+    }
+    let context = Context::open(&context_dir)?;
+    if args.list {
+        return list(&context);
+    }
+    let mut progress = Progress::new(args.quiet);
+    let plan = Plan { context, layer, image };
+    let (output, built) = if let Some(dir) = &args.oci_layout {
+        (dir.clone(), pipeline::run(&plan, &mut LayoutSink::create(dir)?, &names, &mut progress)?)
+    } else if let Some(file) = &args.tar {
+        (file.clone(), pipeline::run(&plan, &mut TarSink::create(file)?, &names, &mut progress)?)
+    } else {
+        let store = store_dir()?;
+        let mut sink: Box<dyn Sink> = Box::new(LayoutSink::create(&store)?);
+        (store, pipeline::run(&plan, sink.as_mut(), &names, &mut progress)?)
+    };
+    report(&built, &names, &output, json, args.digest_file.as_deref())
+}
+
+/// `-t` values, or the context directory's sanitised name with `:latest`.
+pub(super) fn names_for(tags: &[String], context: &Path) -> Result<Vec<Reference>> {
+    if tags.is_empty() {
+        let base = default_base_name(context);
+        return Ok(vec![Reference::parse(&format!("{base}:latest"))?]);
+    }
+    tags.iter().map(|t| Reference::parse(t)).collect()
+}
+
+/// The context directory's base name as a repository component ("My App" -> "my-app").
+pub(super) fn default_base_name(context: &Path) -> String {
+    let abs = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
+    let base = abs.file_name().and_then(|n| n.to_str()).unwrap_or("image");
+    sanitize_repository_component(base)
+}
+
+fn list(context: &Context) -> Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut visit = |entry: crate::walk::Entry| -> Result<()> {
+        let line = match entry.kind {
+            Kind::Dir => format!("{}/", entry.rel),
+            _ => entry.rel,
+        };
+        writeln!(out, "{line}").map_err(|e| Error::io("stdout", "write", e))
+    };
+    context.walk(&mut visit, &mut |path, what| eprintln!("warning: skipped {} ({what})", path.display()))?;
+    out.flush().map_err(|e| Error::io("stdout", "write", e))
+}
+
+/// Prints the result (text or JSON) and writes the digest file.
+pub(super) fn report(
+    built: &Built,
+    names: &[Reference],
+    output: &Path,
+    json: bool,
+    digest_file: Option<&Path>,
+) -> Result<()> {
+    let digest = &built.manifest.digest;
+    if let Some(path) = digest_file {
+        std::fs::write(path, format!("{digest}\n")).map_err(|e| Error::io(path, "write", e))?;
+    }
+    if json {
+        let value = json!({
+            "name": names.first().map(|n| n.familiar_name()),
+            "tags": names.iter().map(|n| n.familiar_name()).collect::<Vec<_>>(),
+            "digest": digest,
+            "size": built.manifest.bytes.len(),
+            "config_digest": built.config_digest,
+            "config_size": built.config_size,
+            "layer_digest": built.layer.digest,
+            "layer_size": built.layer.size,
+            "diff_id": built.layer.diff_id,
+            "total_size": built.total_size(),
+            "output": output,
+        });
+        println!("{value}");
+    } else {
+        for name in names {
+            println!("{}@{digest} {}", name.familiar_name(), built.total_size());
+        }
+    }
+    Ok(())
+}

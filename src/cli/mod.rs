@@ -1,0 +1,261 @@
+//! The command line: flags declared once with their help text, and dispatch to one module per command.
+//!
+//! argh has no flattening, so the image flags that `build` and `push` share are declared once in the
+//! `with_image_flags!` macro and expanded into both commands' structs; [`ImageFlags`] turns them into the
+//! pipeline's options with every value validated before any work starts. Each command module parses
+//! names and paths, picks a sink, runs the pipeline and prints the result: stdout carries only results,
+//! stderr carries progress, so `docker-idpb build -q` prints nothing but the reference.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+use crate::error::{Error, Result};
+use crate::image::{ImageOptions, Platform, parse_command, parse_key_value, parse_port};
+use crate::layer::LayerOptions;
+
+mod build;
+
+/// Build a directory into an OCI image and push it to a registry, with no container runtime.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum Command {
+    Build(BuildArgs),
+    Version(VersionArgs),
+}
+
+/// Print the version.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "version")]
+pub struct VersionArgs {}
+
+macro_rules! with_image_flags {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($body)*
+            /// platform of the image, OS/ARCH[/VARIANT] (default: linux on the host's architecture)
+            #[argh(option)]
+            pub platform: Option<String>,
+            /// entrypoint: a JSON array or a string split on whitespace
+            #[argh(option)]
+            pub entrypoint: Option<String>,
+            /// default command: a JSON array or a string split on whitespace
+            #[argh(option)]
+            pub cmd: Option<String>,
+            /// environment variable KEY=VALUE (repeatable)
+            #[argh(option)]
+            pub env: Vec<String>,
+            /// working directory of the container
+            #[argh(option)]
+            pub workdir: Option<String>,
+            /// user (and group) the container runs as, e.g. 1000:1000 or nobody
+            #[argh(option)]
+            pub user: Option<String>,
+            /// config label KEY=VALUE (repeatable)
+            #[argh(option)]
+            pub label: Vec<String>,
+            /// manifest annotation KEY=VALUE (repeatable)
+            #[argh(option)]
+            pub annotation: Vec<String>,
+            /// port the container listens on, PORT[/tcp|udp|sctp] (repeatable)
+            #[argh(option)]
+            pub expose: Vec<String>,
+            /// where the context goes in the image (default /)
+            #[argh(option)]
+            pub prefix: Option<String>,
+            /// keep files' modification times instead of SOURCE_DATE_EPOCH or 0
+            #[argh(switch)]
+            pub preserve_mtime: bool,
+            /// owner of every file in the layer, UID:GID (default 0:0)
+            #[argh(option)]
+            pub chown: Option<String>,
+            /// gzip level 0-9 (default 1: fast; 6 is gzip's default, about 5x slower for a few % smaller)
+            #[argh(option)]
+            pub compression_level: Option<u8>,
+            /// write the manifest digest to this file
+            #[argh(option)]
+            pub digest_file: Option<PathBuf>,
+            /// output format: text (default) or json
+            #[argh(option, default = "String::from(\"text\")")]
+            pub format: String,
+            /// no progress or notes on stderr
+            #[argh(switch, short = 'q')]
+            pub quiet: bool,
+        }
+
+        impl ImageFlags for $name {
+            fn image_flags(&self) -> ImageFlagValues<'_> {
+                ImageFlagValues {
+                    platform: self.platform.as_deref(),
+                    entrypoint: self.entrypoint.as_deref(),
+                    cmd: self.cmd.as_deref(),
+                    env: &self.env,
+                    workdir: self.workdir.as_deref(),
+                    user: self.user.as_deref(),
+                    label: &self.label,
+                    annotation: &self.annotation,
+                    expose: &self.expose,
+                    prefix: self.prefix.as_deref(),
+                    preserve_mtime: self.preserve_mtime,
+                    chown: self.chown.as_deref(),
+                    compression_level: self.compression_level,
+                    format: &self.format,
+                }
+            }
+        }
+    };
+}
+
+with_image_flags! {
+    /// Build a directory into an OCI image: an OCI layout, a docker-loadable tar, or the local store.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "build")]
+    pub struct BuildArgs {
+        /// the directory to build (default: .)
+        #[argh(positional)]
+        pub context: Option<PathBuf>,
+        /// name and tag, NAME[:TAG] (repeatable; default: the directory's name, :latest)
+        #[argh(option, short = 't')]
+        pub tag: Vec<String>,
+        /// write (or add to) an OCI image layout in this directory
+        #[argh(option)]
+        pub oci_layout: Option<PathBuf>,
+        /// write a tar that `docker load` accepts
+        #[argh(option)]
+        pub tar: Option<PathBuf>,
+        /// print the paths that would go into the layer, in layer order, and build nothing
+        #[argh(switch)]
+        pub list: bool,
+    }
+}
+
+/// The shared image flags, borrowed from whichever command declared them.
+pub struct ImageFlagValues<'a> {
+    pub platform: Option<&'a str>,
+    pub entrypoint: Option<&'a str>,
+    pub cmd: Option<&'a str>,
+    pub env: &'a [String],
+    pub workdir: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub label: &'a [String],
+    pub annotation: &'a [String],
+    pub expose: &'a [String],
+    pub prefix: Option<&'a str>,
+    pub preserve_mtime: bool,
+    pub chown: Option<&'a str>,
+    pub compression_level: Option<u8>,
+    pub format: &'a str,
+}
+
+/// Commands that carry the image flags.
+pub trait ImageFlags {
+    fn image_flags(&self) -> ImageFlagValues<'_>;
+
+    /// Config and manifest options, validated.
+    fn image_options(&self) -> Result<ImageOptions> {
+        let f = self.image_flags();
+        let mut o = ImageOptions {
+            platform: f.platform.map(Platform::parse).transpose()?,
+            entrypoint: f.entrypoint.map(|s| parse_command("--entrypoint", s)).transpose()?,
+            cmd: f.cmd.map(|s| parse_command("--cmd", s)).transpose()?,
+            workdir: f.workdir.map(str::to_string),
+            user: f.user.map(str::to_string),
+            ..Default::default()
+        };
+        for e in f.env {
+            o.env.push(parse_key_value("--env", e)?);
+        }
+        for l in f.label {
+            let (k, v) = parse_key_value("--label", l)?;
+            o.labels.insert(k, v);
+        }
+        for a in f.annotation {
+            let (k, v) = parse_key_value("--annotation", a)?;
+            o.annotations.insert(k, v);
+        }
+        for p in f.expose {
+            o.exposed_ports.push(parse_port(p)?);
+        }
+        Ok(o)
+    }
+
+    /// Layer options, validated; the epoch comes from `SOURCE_DATE_EPOCH` when set.
+    fn layer_options(&self) -> Result<LayerOptions> {
+        let f = self.image_flags();
+        let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse::<u64>().map_err(|_| {
+                Error::usage(format!(
+                    "invalid SOURCE_DATE_EPOCH {v:?}: use whole seconds since 1970, e.g. $(git log -1 --format=%ct)"
+                ))
+            })?,
+            _ => 0,
+        };
+        let chown = match f.chown {
+            None => (0, 0),
+            Some(s) => {
+                let parsed = s.split_once(':').and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                parsed.ok_or_else(|| {
+                    Error::usage(format!("invalid --chown {s:?}: use numeric UID:GID, e.g. 1000:1000"))
+                })?
+            }
+        };
+        let prefix = match f.prefix {
+            None => String::new(),
+            Some(p) => {
+                let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+                if parts.contains(&"..") || !p.starts_with('/') && !p.is_empty() && parts.is_empty() {
+                    return Err(Error::usage(format!("invalid --prefix {p:?}: use an absolute path such as /app")));
+                }
+                parts.join("/")
+            }
+        };
+        let level = f.compression_level.unwrap_or(crate::gzip::DEFAULT_LEVEL);
+        if level > 9 {
+            return Err(Error::usage(format!("invalid --compression-level {level}: use 0 (store) to 9 (smallest)")));
+        }
+        Ok(LayerOptions { epoch, preserve_mtime: f.preserve_mtime, chown, prefix, level })
+    }
+
+    /// Whether `--format json` was asked for.
+    fn json(&self) -> Result<bool> {
+        match self.image_flags().format {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            other => Err(Error::usage(format!("invalid --format {other:?}: use text or json"))),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Version(_) => {
+            println!("docker-idpb {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+/// `$IDPB_HOME`, else `$XDG_DATA_HOME/idpb`, else `~/.local/share/idpb`: the local image store.
+pub fn store_dir() -> Result<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(home) = env("IDPB_HOME") {
+        return Ok(home);
+    }
+    if let Some(data) = env("XDG_DATA_HOME") {
+        return Ok(data.join("idpb"));
+    }
+    match env("HOME") {
+        Some(home) => Ok(home.join(".local/share/idpb")),
+        None => Err(Error::usage("cannot find the local image store: set IDPB_HOME or HOME, or use --oci-layout DIR")),
+    }
+}

@@ -1,0 +1,370 @@
+//! OCI image types (descriptor, manifest, index, config) and the knobs that fill the config.
+//!
+//! The types mirror the image-spec's JSON field for field, with serde doing the encoding. Determinism
+//! matters more than generality here: maps are `BTreeMap` so keys serialise sorted, optional fields are
+//! skipped when empty, and `created` is derived from the build epoch, so the same inputs give the same
+//! config and manifest bytes and hence the same digests. Unknown fields of manifests read back from a
+//! registry or layout are ignored; media types are plain strings so Docker schema 2 documents parse too.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// A pointer to a blob: media type, digest, size (and optional platform and annotations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+        Descriptor { media_type: media_type.to_string(), digest, size, platform: None, annotations: BTreeMap::new() }
+    }
+}
+
+/// An image manifest (OCI, or Docker schema 2 when read back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub media_type: String,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An image index (also the shape of an OCI layout's `index.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub media_type: String,
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Index {
+    pub fn empty() -> Index {
+        Index {
+            schema_version: 2,
+            media_type: MEDIA_TYPE_INDEX.to_string(),
+            manifests: Vec::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// OS, architecture and variant of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `OS/ARCH[/VARIANT]`.
+    pub fn parse(s: &str) -> Result<Platform> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !(2..=3).contains(&parts.len()) || !parts.iter().all(ok) {
+            return Err(Error::usage(format!(
+                "invalid --platform {s:?}: use OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm/v7"
+            )));
+        }
+        Ok(Platform {
+            os: parts[0].to_string(),
+            architecture: parts[1].to_string(),
+            variant: parts.get(2).map(|v| v.to_string()),
+        })
+    }
+
+    /// linux on the host's architecture, in Go's names.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        let variant = (arch == "arm64").then(|| "v8".to_string());
+        Platform { architecture: arch.to_string(), os: "linux".to_string(), variant }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The runtime part of an image config (`config` in the JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(rename = "ExposedPorts", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exposed_ports: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The image config blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub config: RuntimeConfig,
+    pub rootfs: RootFs,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<History>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub diff_ids: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// What the user asked to put in the config and manifest (the image flags).
+#[derive(Debug, Clone, Default)]
+pub struct ImageOptions {
+    pub platform: Option<Platform>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub exposed_ports: Vec<String>,
+}
+
+/// Default PATH, as BuildKit sets for images that define none.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl ImageOptions {
+    /// The config for an image of one layer with `diff_id`, created at `epoch` (seconds).
+    pub fn config(&self, diff_ids: Vec<Digest>, epoch: u64) -> ImageConfig {
+        let platform = self.platform.clone().unwrap_or_else(Platform::host);
+        let created = rfc3339(epoch);
+        let mut env: Vec<String> = Vec::new();
+        if !self.env.iter().any(|(k, _)| k == "PATH") {
+            env.push(DEFAULT_PATH.to_string());
+        }
+        env.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let exposed_ports = self.exposed_ports.iter().map(|p| (p.clone(), serde_json::Map::new())).collect();
+        ImageConfig {
+            created: Some(created.clone()),
+            architecture: platform.architecture,
+            os: platform.os,
+            variant: platform.variant,
+            config: RuntimeConfig {
+                user: self.user.clone(),
+                exposed_ports,
+                env,
+                entrypoint: self.entrypoint.clone(),
+                cmd: self.cmd.clone(),
+                working_dir: self.workdir.clone(),
+                labels: self.labels.clone(),
+            },
+            rootfs: RootFs { kind: "layers".to_string(), diff_ids },
+            history: vec![History {
+                created: Some(created),
+                created_by: Some("docker-idpb build".to_string()),
+                comment: None,
+            }],
+        }
+    }
+}
+
+/// Parses `--expose PORT[/PROTO]` into Docker's `PORT/proto` key.
+pub fn parse_port(s: &str) -> Result<String> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    let valid_port = port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !valid_port || !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(Error::usage(format!("invalid --expose {s:?}: use PORT[/tcp|udp|sctp], e.g. 8080/tcp")));
+    }
+    Ok(format!("{port}/{proto}"))
+}
+
+/// Parses `--cmd`/`--entrypoint`: a JSON array of strings, or a plain string split on whitespace.
+pub fn parse_command(flag: &str, s: &str) -> Result<Vec<String>> {
+    let t = s.trim();
+    if t.starts_with('[') {
+        return serde_json::from_str::<Vec<String>>(t).map_err(|e| {
+            Error::usage(format!("invalid {flag} {s:?}: not a JSON array of strings ({e}); e.g. '[\"/app\", \"-v\"]'"))
+        });
+    }
+    Ok(t.split_whitespace().map(str::to_string).collect())
+}
+
+/// Parses `K=V` for `--env`, `--label`, `--annotation`.
+pub fn parse_key_value(flag: &str, s: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(Error::usage(format!("invalid {flag} {s:?}: use KEY=VALUE"))),
+    }
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn platform_parse() {
+        let p = Platform::parse("linux/arm/v7").unwrap();
+        assert_eq!((p.os.as_str(), p.architecture.as_str(), p.variant.as_deref()), ("linux", "arm", Some("v7")));
+        assert_eq!(p.to_string(), "linux/arm/v7");
+        assert!(Platform::parse("linux").is_err());
+        assert!(Platform::parse("linux//x").is_err());
+        assert!(Platform::parse("a/b/c/d").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        assert_eq!(parse_port("80").unwrap(), "80/tcp");
+        assert_eq!(parse_port("53/UDP").unwrap(), "53/udp");
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("http").is_err());
+        assert_eq!(parse_command("--cmd", r#"["/bin/app", "a b"]"#).unwrap(), vec!["/bin/app", "a b"]);
+        assert_eq!(parse_command("--cmd", "/bin/app  -v").unwrap(), vec!["/bin/app", "-v"]);
+        assert!(parse_command("--cmd", "[1,2]").is_err());
+        assert_eq!(parse_key_value("--env", "A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_key_value("--env", "=x").is_err());
+        assert!(parse_key_value("--env", "noequals").is_err());
+    }
+
+    #[test]
+    fn config_round_trip_and_determinism() {
+        let mut opts = ImageOptions {
+            platform: Some(Platform::parse("linux/amd64").unwrap()),
+            entrypoint: Some(vec!["/app".into()]),
+            workdir: Some("/w".into()),
+            user: Some("1000:1000".into()),
+            exposed_ports: vec!["8080/tcp".into()],
+            ..Default::default()
+        };
+        opts.labels.insert("b".into(), "2".into());
+        opts.labels.insert("a".into(), "1".into());
+        opts.env.push(("X".into(), "1".into()));
+        let d = Digest::of(b"layer");
+        let config = opts.config(vec![d.clone()], 0);
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(json, serde_json::to_string(&opts.config(vec![d], 0)).unwrap());
+        assert!(json.contains(r#""Labels":{"a":"1","b":"2"}"#), "{json}");
+        assert!(json.contains(r#""ExposedPorts":{"8080/tcp":{}}"#), "{json}");
+        assert!(json.contains(r#""created":"1970-01-01T00:00:00Z""#), "{json}");
+        let back: ImageConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config);
+        assert_eq!(back.config.env[0], DEFAULT_PATH);
+    }
+
+    #[test]
+    fn manifest_and_index_round_trip() {
+        let mut m = Manifest {
+            schema_version: 2,
+            media_type: MEDIA_TYPE_MANIFEST.into(),
+            config: Descriptor::new(MEDIA_TYPE_CONFIG, Digest::of(b"c"), 1),
+            layers: vec![Descriptor::new(MEDIA_TYPE_LAYER_GZIP, Digest::of(b"l"), 2)],
+            annotations: BTreeMap::new(),
+        };
+        m.annotations.insert("k".into(), "v".into());
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.starts_with(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json""#));
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+        let mut idx = Index::empty();
+        let mut d = Descriptor::new(MEDIA_TYPE_MANIFEST, Digest::of(json.as_bytes()), json.len() as u64);
+        d.annotations.insert(ANNOTATION_REF_NAME.into(), "latest".into());
+        d.platform = Some(Platform::parse("linux/amd64").unwrap());
+        idx.manifests.push(d);
+        let s = serde_json::to_string(&idx).unwrap();
+        assert_eq!(serde_json::from_str::<Index>(&s).unwrap(), idx);
+        // A Docker schema 2 manifest with extra fields parses.
+        let docker = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+          "config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":7023,
+          "digest":"sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7"},
+          "layers":[],"extra":1}"#;
+        assert_eq!(serde_json::from_str::<Manifest>(docker).unwrap().config.size, 7023);
+    }
+}

@@ -1,0 +1,439 @@
+//! Images on disk: an OCI image layout directory, and a single tar that `docker load` accepts.
+//!
+//! [`LayoutSink`] writes (or adds to) an OCI layout: each blob streams into a temp file inside
+//! `blobs/sha256/` and is renamed to its digest on commit, and `index.json` is rewritten through a temp
+//! file and a rename, so an interrupted build leaves neither a half blob under a digest nor an index entry
+//! for a missing image. Naming an image replaces the index entry with the same full name and keeps the
+//! others. [`TarSink`] writes the same layout as one tar plus Docker's `manifest.json`; a blob's tar header
+//! is reserved before the blob streams in and patched when its digest and size are known, so this output
+//! too is written in one pass with no temp copy. [`Layout`] reads a layout back (for `push --oci-layout`).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Index, Manifest};
+use crate::reference::Reference;
+use crate::sink::{BlobWriter, ManifestBlob, Sink};
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp_name(prefix: &str) -> String {
+    format!("{prefix}.tmp-{}-{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(temp_name(&format!(".{name}")));
+    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, "write", e))?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(path, "write", e)
+    })
+}
+
+/// Adds `desc` (annotated with the reference's names) to `index`, replacing an entry of the same name.
+fn name_in_index(index: &mut Index, mut desc: Descriptor, reference: &Reference) {
+    let full = reference.full_name();
+    let tag = reference.tag_or_latest().to_string();
+    index.manifests.retain(|d| match d.annotations.get(ANNOTATION_CONTAINERD_NAME) {
+        Some(name) => *name != full,
+        None => d.annotations.get(ANNOTATION_REF_NAME) != Some(&tag),
+    });
+    desc.annotations.insert(ANNOTATION_REF_NAME.to_string(), tag);
+    desc.annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), full);
+    index.manifests.push(desc);
+}
+
+/// An OCI image layout on disk, for reading.
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// Opens an existing layout.
+    pub fn open(root: &Path) -> Result<Layout> {
+        let marker = root.join("oci-layout");
+        if !marker.is_file() {
+            return Err(Error::Layout(format!(
+                "{} is not an OCI image layout (no oci-layout file); build one with `docker-idpb build --oci-layout {}`",
+                root.display(),
+                root.display()
+            )));
+        }
+        Ok(Layout { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The layout's index.json.
+    pub fn index(&self) -> Result<Index> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, "read", e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Layout(format!("{} is not a valid image index: {e}", path.display())))
+    }
+
+    /// Path of a blob.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Reads a whole blob (manifests and configs; layers are streamed with `open_blob`) and checks its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, "read blob", e))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(Error::Layout(format!(
+                "blob {} does not match its digest (layout is corrupt)",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Opens a blob for streaming.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| Error::io(&path, "read blob", e))
+    }
+
+    /// Finds the manifest named `name` (a tag, a full name, or a familiar name); with `None`, the only one.
+    pub fn find(&self, name: Option<&str>) -> Result<Descriptor> {
+        let index = self.index()?;
+        let names = |d: &Descriptor| -> Vec<String> {
+            [ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME]
+                .iter()
+                .filter_map(|k| d.annotations.get(*k).cloned())
+                .collect()
+        };
+        let matching: Vec<&Descriptor> = match name {
+            None => index.manifests.iter().collect(),
+            Some(want) => {
+                let parsed = Reference::parse(want).ok();
+                index
+                    .manifests
+                    .iter()
+                    .filter(|d| {
+                        names(d).iter().any(|n| {
+                            n == want || parsed.as_ref().is_some_and(|p| p.full_name() == *n || p.familiar_name() == *n)
+                        })
+                    })
+                    .collect()
+            }
+        };
+        let available = || {
+            let all: Vec<String> = index
+                .manifests
+                .iter()
+                .map(|d| names(d).first().cloned().unwrap_or_else(|| d.digest.to_string()))
+                .collect();
+            if all.is_empty() { "it holds no images".to_string() } else { format!("it holds: {}", all.join(", ")) }
+        };
+        match matching.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::Layout(format!(
+                "no image {} in {}; {}",
+                name.unwrap_or("at all"),
+                self.root.display(),
+                available()
+            ))),
+            _ => Err(Error::Layout(format!(
+                "{} holds several images; choose one with --image NAME:TAG ({})",
+                self.root.display(),
+                available()
+            ))),
+        }
+    }
+}
+
+/// Writes images into an OCI layout directory (created if missing).
+pub struct LayoutSink {
+    root: PathBuf,
+    blobs: PathBuf,
+}
+
+impl LayoutSink {
+    pub fn create(root: &Path) -> Result<LayoutSink> {
+        let blobs = root.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(|e| Error::io(&blobs, "create directory", e))?;
+        let marker = root.join("oci-layout");
+        if !marker.exists() {
+            write_atomic(&marker, OCI_LAYOUT)?;
+        }
+        Ok(LayoutSink { root: root.to_path_buf(), blobs })
+    }
+
+    fn index(&self) -> Result<Index> {
+        let path = self.root.join("index.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Layout(format!("{} is not a valid image index: {e}", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::empty()),
+            Err(e) => Err(Error::io(&path, "read", e)),
+        }
+    }
+}
+
+struct LayoutBlobWriter {
+    file: File,
+    tmp: PathBuf,
+    blobs: PathBuf,
+}
+
+impl Write for LayoutBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobWriter for LayoutBlobWriter {
+    fn commit(self: Box<Self>, digest: &Digest, _size: u64) -> Result<()> {
+        let dest = self.blobs.join(digest.hex());
+        let res = self.file.sync_all().map_err(|e| Error::io(&self.tmp, "write", e));
+        let res = res.and_then(|_| fs::rename(&self.tmp, &dest).map_err(|e| Error::io(&dest, "write", e)));
+        if res.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        res
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        fs::remove_file(&self.tmp).map_err(|e| Error::io(&self.tmp, "remove", e))
+    }
+}
+
+impl Drop for LayoutBlobWriter {
+    fn drop(&mut self) {
+        // Committed writers renamed the file away; anything left is a partial blob.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+impl Sink for LayoutSink {
+    fn has_blob(&mut self, digest: &Digest) -> Result<bool> {
+        Ok(self.blobs.join(digest.hex()).is_file())
+    }
+
+    fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
+        let tmp = self.blobs.join(temp_name(""));
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+        Ok(Box::new(LayoutBlobWriter { file, tmp, blobs: self.blobs.clone() }))
+    }
+
+    fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
+        self.put_blob(&manifest.bytes, &manifest.digest)?;
+        let mut index = self.index()?;
+        let mut desc = Descriptor::new(&manifest.media_type, manifest.digest.clone(), manifest.bytes.len() as u64);
+        desc.platform = manifest.platform.clone();
+        name_in_index(&mut index, desc, reference);
+        let bytes = serde_json::to_vec(&index).map_err(|e| Error::Layout(format!("cannot encode index: {e}")))?;
+        write_atomic(&self.root.join("index.json"), &bytes)
+    }
+}
+
+/// Writes a docker-loadable tar: an OCI layout plus `manifest.json`, renamed into place by `finish`.
+pub struct TarSink {
+    dest: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+    written: std::collections::BTreeSet<Digest>,
+    index: Index,
+    /// manifest.json entries, keyed by manifest digest so several tags share one entry.
+    docker: BTreeMap<Digest, DockerManifestEntry>,
+}
+
+#[derive(Serialize, Clone)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+fn blob_name(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
+}
+
+fn tar_header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+    crate::layer::ustar_header(
+        name.as_bytes(),
+        kind,
+        if kind == tar::EntryType::Directory { 0o755 } else { 0o644 },
+        0,
+        size,
+        None,
+        (0, 0),
+    )
+}
+
+impl TarSink {
+    pub fn create(dest: &Path) -> Result<TarSink> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("image.tar");
+        let tmp = dir.join(temp_name(&format!(".{name}")));
+        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+        let mut head = Vec::new();
+        for dir in ["blobs/", "blobs/sha256/"] {
+            head.extend_from_slice(tar_header(dir, tar::EntryType::Directory, 0).as_bytes());
+        }
+        file.write_all(&head).map_err(|e| Error::io(&tmp, "write", e))?;
+        Ok(TarSink {
+            dest: dest.to_path_buf(),
+            tmp,
+            file: Some(file),
+            written: Default::default(),
+            index: Index::empty(),
+            docker: BTreeMap::new(),
+        })
+    }
+
+    fn file(&mut self) -> Result<&mut File> {
+        self.file.as_mut().ok_or_else(|| Error::Layout("tar output already finished".into()))
+    }
+
+    fn append(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut data = tar_header(name, tar::EntryType::Regular, bytes.len() as u64).as_bytes().to_vec();
+        data.extend_from_slice(bytes);
+        data.resize(data.len().div_ceil(512) * 512, 0);
+        let tmp = self.tmp.clone();
+        self.file()?.write_all(&data).map_err(|e| Error::io(&tmp, "write", e))
+    }
+}
+
+impl Drop for TarSink {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+struct TarBlobWriter<'a> {
+    sink: &'a mut TarSink,
+    start: u64,
+}
+
+impl Write for TarBlobWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.sink.file.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("tar output already finished")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobWriter for TarBlobWriter<'_> {
+    fn commit(self: Box<Self>, digest: &Digest, size: u64) -> Result<()> {
+        let tmp = self.sink.tmp.clone();
+        let duplicate = !self.sink.written.insert(digest.clone());
+        let start = self.start;
+        let file = self.sink.file()?;
+        let io = |e| Error::io(&tmp, "write", e);
+        if duplicate {
+            file.set_len(start).map_err(io)?;
+            file.seek(SeekFrom::Start(start)).map_err(io)?;
+            return Ok(());
+        }
+        let pad = (512 - size % 512) % 512;
+        file.write_all(&vec![0u8; pad as usize]).map_err(io)?;
+        let end = file.stream_position().map_err(io)?;
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        file.write_all(tar_header(&blob_name(digest), tar::EntryType::Regular, size).as_bytes()).map_err(io)?;
+        file.seek(SeekFrom::Start(end)).map_err(io)?;
+        Ok(())
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        let tmp = self.sink.tmp.clone();
+        let start = self.start;
+        let file = self.sink.file()?;
+        file.set_len(start).map_err(|e| Error::io(&tmp, "write", e))?;
+        file.seek(SeekFrom::Start(start)).map_err(|e| Error::io(&tmp, "write", e))?;
+        Ok(())
+    }
+}
+
+impl Sink for TarSink {
+    fn has_blob(&mut self, digest: &Digest) -> Result<bool> {
+        Ok(self.written.contains(digest))
+    }
+
+    fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
+        let tmp = self.tmp.clone();
+        let file = self.file()?;
+        let start = file.stream_position().map_err(|e| Error::io(&tmp, "write", e))?;
+        // Reserve the header; commit writes the real one once digest and size are known.
+        file.write_all(&[0u8; 512]).map_err(|e| Error::io(&tmp, "write", e))?;
+        Ok(Box::new(TarBlobWriter { sink: self, start }))
+    }
+
+    fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
+        self.put_blob(&manifest.bytes, &manifest.digest)?;
+        let parsed: Manifest = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| Error::Layout(format!("cannot read back manifest: {e}")))?;
+        let mut desc = Descriptor::new(&manifest.media_type, manifest.digest.clone(), manifest.bytes.len() as u64);
+        desc.platform = manifest.platform.clone();
+        name_in_index(&mut self.index, desc, reference);
+        let entry = self.docker.entry(manifest.digest.clone()).or_insert_with(|| DockerManifestEntry {
+            config: blob_name(&parsed.config.digest),
+            repo_tags: Vec::new(),
+            layers: parsed.layers.iter().map(|l| blob_name(&l.digest)).collect(),
+        });
+        let tag = reference.familiar_name();
+        if !entry.repo_tags.contains(&tag) {
+            entry.repo_tags.push(tag);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let enc = |e: serde_json::Error| Error::Layout(format!("cannot encode tar metadata: {e}"));
+        let index = serde_json::to_vec(&self.index).map_err(enc)?;
+        let docker: Vec<DockerManifestEntry> = self.docker.values().cloned().collect();
+        let docker = serde_json::to_vec(&docker).map_err(enc)?;
+        self.append("oci-layout", OCI_LAYOUT)?;
+        self.append("index.json", &index)?;
+        self.append("manifest.json", &docker)?;
+        let tmp = self.tmp.clone();
+        let mut file = self.file.take().ok_or_else(|| Error::Layout("tar output already finished".into()))?;
+        let io = |e| Error::io(&tmp, "write", e);
+        file.write_all(&[0u8; 1024]).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dest).map_err(|e| {
+            let _ = fs::remove_file(&self.tmp);
+            Error::io(&self.dest, "write", e)
+        })
+    }
+}
+
+/// Reads a whole file (small JSON) with a clear error.
+pub fn read_small(path: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut out)).map_err(|e| Error::io(path, "read", e))?;
+    Ok(out)
+}

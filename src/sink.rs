@@ -1,0 +1,64 @@
+//! Where an image goes: the one interface that `build` and `push` share.
+//!
+//! A sink stores blobs and names manifests. The layer's digest is known only after the stream ends, so a
+//! sink hands out a [`BlobWriter`] for a blob of unknown digest and the caller commits it under the digest
+//! at the end (an OCI layout renames a temp file into `blobs/sha256/`, a docker-loadable tar patches the
+//! entry header it reserved, a registry PUTs `?digest=` to close its upload session). Aborting a writer
+//! removes every trace of the partial blob. Small blobs whose digest is known up front (config, manifest)
+//! go through [`Sink::put_blob`], which asks [`Sink::has_blob`] first so a re-push sends nothing twice.
+
+use std::io::Write;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::image::Platform;
+use crate::reference::Reference;
+
+/// A blob being written whose digest is not known yet.
+pub trait BlobWriter: Write {
+    /// Stores the written bytes under `digest` (which has `size` bytes).
+    fn commit(self: Box<Self>, digest: &Digest, size: u64) -> Result<()>;
+    /// Discards the written bytes.
+    fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// A manifest ready to be stored under one or more names.
+#[derive(Debug, Clone)]
+pub struct ManifestBlob {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    pub digest: Digest,
+    pub platform: Option<Platform>,
+}
+
+/// A destination for images.
+pub trait Sink {
+    /// Whether the blob is already stored (a registry answers HEAD; a layout checks the file).
+    fn has_blob(&mut self, digest: &Digest) -> Result<bool>;
+
+    /// A writer for a new blob of unknown digest.
+    fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>>;
+
+    /// Stores a blob whose bytes and digest are known, unless it is there already. Returns whether it
+    /// was sent.
+    fn put_blob(&mut self, bytes: &[u8], digest: &Digest) -> Result<bool> {
+        if self.has_blob(digest)? {
+            return Ok(false);
+        }
+        let mut w = self.blob_writer()?;
+        if let Err(e) = w.write_all(bytes) {
+            let _ = w.abort();
+            return Err(crate::layer::sink_error(e));
+        }
+        w.commit(digest, bytes.len() as u64)?;
+        Ok(true)
+    }
+
+    /// Stores the manifest and names it `reference`. Every blob it points to is already committed.
+    fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()>;
+
+    /// Makes everything written visible (a tar is renamed into place). Called once, after the last manifest.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Walking a build context in a fixed order, with `.dockerignore` applied.
+//!
+//! The walk is what makes a layer reproducible: entries come out depth-first, each directory before its
+//! contents and siblings sorted by the bytes of their names, so the same tree gives the same sequence on any
+//! machine and at any path. Only `lstat` data is used (symlinks are never followed). Hard links are
+//! recognised by (device, inode): the first included path of a group is a regular file, later ones are
+//! links to it. An excluded directory is skipped unless an exception pattern may re-include something below
+//! it, as Docker does; such a directory is emitted only once something under it turns out to be included, so
+//! the layer never holds an empty directory the user excluded. Sockets, FIFOs and devices are reported to a
+//! `skipped` callback and left out. Memory is one sorted name list per open directory, never file contents.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::ignore::Ignore;
+
+/// A directory to be turned into a layer, with its `.dockerignore`.
+#[derive(Debug, Clone)]
+pub struct Context {
+    root: PathBuf,
+    ignore: Ignore,
+}
+
+/// What an entry is, as far as the layer is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File {
+        size: u64,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// A further name of a file already emitted at this context-relative path.
+    HardLink {
+        target: String,
+    },
+}
+
+/// One path of the context, in layer order.
+#[derive(Debug)]
+pub struct Entry {
+    /// Path relative to the context root with `/` separators, no leading `./`.
+    pub rel: String,
+    /// Where to read it on disk.
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// Permission bits including setuid/setgid/sticky.
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+impl Context {
+    /// Opens `root` as a build context and reads its `.dockerignore`.
+    pub fn open(root: &Path) -> Result<Context> {
+        let meta = fs::metadata(root).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Context(format!(
+                "build context {} does not exist (give the directory to build, e.g. `docker-idpb build ./app`)",
+                root.display()
+            )),
+            _ => Error::io(root, "read build context", e),
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::Context(format!(
+                "build context {} is not a directory (give the directory that holds the files)",
+                root.display()
+            )));
+        }
+        fs::read_dir(root).map_err(|e| Error::io(root, "read build context", e))?;
+        let ignore = Ignore::load(root)?;
+        Ok(Context { root: root.to_path_buf(), ignore })
+    }
+
+    /// The context directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Metadata of the context root itself (its mode is used for a `--prefix` directory).
+    pub fn root_metadata(&self) -> Result<Metadata> {
+        fs::metadata(&self.root).map_err(|e| Error::io(&self.root, "read", e))
+    }
+
+    /// Calls `visit` for every included entry in layer order and `skipped` for special files left out.
+    pub fn walk(&self, visit: &mut dyn FnMut(Entry) -> Result<()>, skipped: &mut dyn FnMut(&Path, &str)) -> Result<()> {
+        let mut walker = Walker { ignore: &self.ignore, links: HashMap::new(), pending: Vec::new(), visit, skipped };
+        walker.dir(&self.root, "")
+    }
+}
+
+struct Walker<'a> {
+    ignore: &'a Ignore,
+    links: HashMap<(u64, u64), String>,
+    /// Excluded directories being descended for exceptions, not emitted until something below is included.
+    pending: Vec<Entry>,
+    visit: &'a mut dyn FnMut(Entry) -> Result<()>,
+    skipped: &'a mut dyn FnMut(&Path, &str),
+}
+
+impl Walker<'_> {
+    fn dir(&mut self, dir: &Path, rel: &str) -> Result<()> {
+        let mut names: Vec<OsString> = fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, "read directory", e))?
+            .map(|r| r.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(dir, "read directory", e))?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            let Some(name) = name.to_str() else {
+                return Err(Error::Context(format!(
+                    "{} has a name that is not UTF-8 (rename it or list it in .dockerignore)",
+                    path.display()
+                )));
+            };
+            let child_rel = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            self.entry(path, child_rel)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, path: PathBuf, rel: String) -> Result<()> {
+        let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, "read", e))?;
+        let ft = meta.file_type();
+        let excluded = self.ignore.excluded(&rel);
+        if excluded && !(ft.is_dir() && self.ignore.may_include_under(&rel)) {
+            return Ok(());
+        }
+        let mode = meta.mode() & 0o7777;
+        let mtime = meta.mtime();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(|e| Error::io(&path, "read symlink", e))?;
+            Kind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                match self.links.get(&(meta.dev(), meta.ino())) {
+                    Some(first) => Kind::HardLink { target: first.clone() },
+                    None => {
+                        self.links.insert((meta.dev(), meta.ino()), rel.clone());
+                        Kind::File { size: meta.len() }
+                    }
+                }
+            } else {
+                Kind::File { size: meta.len() }
+            }
+        } else {
+            let what = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "device file"
+            } else {
+                "special file"
+            };
+            (self.skipped)(&path, what);
+            return Ok(());
+        };
+        let is_dir = kind == Kind::Dir;
+        let entry = Entry { rel, path, kind, mode, mtime };
+        if excluded {
+            // Only directories get here: descend, emitting this one lazily.
+            let (path, rel) = (entry.path.clone(), entry.rel.clone());
+            self.pending.push(entry);
+            let depth = self.pending.len();
+            self.dir(&path, &rel)?;
+            self.pending.truncate(depth - 1);
+            return Ok(());
+        }
+        for parent in self.pending.drain(..) {
+            (self.visit)(parent)?;
+        }
+        let (path, rel) = (entry.path.clone(), entry.rel.clone());
+        (self.visit)(entry)?;
+        if is_dir {
+            self.dir(&path, &rel)?;
+        }
+        Ok(())
+    }
+}
