@@ -22,7 +22,8 @@ const LONG_FILE: &str = "a-file-whose-own-name-is-also-rather-long.txt";
 /// Size of `data/random.bin`: several MiB, so a layer spans many upload chunks.
 pub const RANDOM_FILE_SIZE: usize = 9 * 1024 * 1024;
 
-/// Fills `dir` (which must exist, ideally empty) and returns the paths `.dockerignore` excludes.
+/// Fills `dir` (which must exist, ideally empty; it gets mode 0755) and returns the paths `.dockerignore`
+/// excludes, sorted.
 ///
 /// Contents: nested dirs (`src/lib/`), a relative symlink to a file (`src/lib/readme-link ->
 /// ../../README.md`), a relative symlink with a target over 100 bytes (`long-link`), a dangling symlink, a

@@ -66,7 +66,13 @@ pub fn curl_request(
 }
 
 /// [`http_request`] for `http://`, [`curl_request`] otherwise.
-pub fn fetch(method: &str, url: &str, ca: Option<&Path>, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
+pub fn fetch(
+    method: &str,
+    url: &str,
+    ca: Option<&Path>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
     expect(method, url, try_fetch(method, url, ca, headers, body))
 }
 
@@ -165,7 +171,8 @@ fn try_curl(
 /// Status line, headers and the rest; interim `1xx` responses are skipped.
 fn parse_response(mut raw: &[u8]) -> Result<HttpResponse, String> {
     loop {
-        let end = find(raw, b"\r\n\r\n").ok_or_else(|| format!("no end of headers in {:?}", String::from_utf8_lossy(raw)))?;
+        let end =
+            find(raw, b"\r\n\r\n").ok_or_else(|| format!("no end of headers in {:?}", String::from_utf8_lossy(raw)))?;
         let head = String::from_utf8_lossy(&raw[..end]).into_owned();
         raw = &raw[end + 4..];
         let mut lines = head.split("\r\n");

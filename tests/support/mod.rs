@@ -14,7 +14,8 @@
 //! [`tls`] makes the test CA, [`registry`] starts registries and the token server, [`peers`] wraps skopeo
 //! and umoci, [`context`] builds a build context full of edge cases and [`tree`] compares directory trees.
 
-#![allow(dead_code, unused_imports)]
+// Each test file uses a different subset of the fixtures.
+#![allow(dead_code)]
 
 pub mod context;
 pub mod http;
@@ -24,20 +25,25 @@ pub mod registry;
 pub mod tls;
 pub mod tree;
 
-pub use context::{make_rich_context, pseudo_random_bytes};
-pub use http::{HttpResponse, curl_get, curl_request, fetch, http_get, http_request};
+#[allow(unused_imports)]
+pub use context::{RANDOM_FILE_SIZE, make_rich_context, pseudo_random_bytes};
+#[allow(unused_imports)]
+pub use http::{HttpResponse, base64, basic_auth, curl_get, curl_request, fetch, http_get, http_request, try_fetch};
+#[allow(unused_imports)]
 pub use peers::{
-    skopeo_copy_to_oci, skopeo_inspect_config, skopeo_inspect_layout_config, skopeo_inspect_raw,
-    skopeo_push_oci, umoci_build_layout, umoci_unpack,
+    skopeo_copy_to_oci, skopeo_inspect_config, skopeo_inspect_layout_config, skopeo_inspect_raw, skopeo_push_oci,
+    umoci_build_layout, umoci_unpack,
 };
+#[allow(unused_imports)]
 pub use process::{
     DEFAULT_TIMEOUT, IdpbCommand, Output, idpb, require_python_jwt, require_tool, run, run_with_timeout,
 };
-pub use registry::{AccessLogEntry, Registry, RegistryMode, RegistryOptions};
+#[allow(unused_imports)]
+pub use registry::{AccessLogEntry, Registry, RegistryMode, RegistryOptions, TOKEN_ISSUER, TOKEN_SERVICE};
+#[allow(unused_imports)]
 pub use tls::TestCa;
-pub use tree::{
-    Entry, EntryKind, Listing, assert_same_listing, assert_same_tree, diff_listings, tree_listing,
-};
+#[allow(unused_imports)]
+pub use tree::{Entry, EntryKind, Listing, assert_same_listing, assert_same_tree, diff_listings, tree_listing};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -90,12 +90,8 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
             Err(e) => panic!("cannot wait for `{command}`: {e}"),
         }
     };
-    let output = Output {
-        command,
-        code: status.and_then(|s| s.code()),
-        stdout: collect(stdout),
-        stderr: collect(stderr),
-    };
+    let output =
+        Output { command, code: status.and_then(|s| s.code()), stdout: collect(stdout), stderr: collect(stderr) };
     assert!(status.is_some(), "timed out after {timeout:?}, killed: {output}");
     output
 }

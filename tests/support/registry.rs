@@ -308,7 +308,8 @@ impl TokenServer {
         let mut port = 0;
         let ready = process.wait_ready(|| {
             port = fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
-            port != 0 && try_fetch("GET", &format!("https://127.0.0.1:{port}/token"), Some(&ca.ca_crt), &[], None).is_ok()
+            port != 0
+                && try_fetch("GET", &format!("https://127.0.0.1:{port}/token"), Some(&ca.ca_crt), &[], None).is_ok()
         });
         if let Err(log) = ready {
             panic!("{log}");

@@ -67,8 +67,22 @@ impl TestCa {
         openssl(dir.path(), &csr, "server.csr");
         let serial = serial();
         let sign = [
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", &serial,
-            "-days", "825", "-extfile", CONFIG_FILE, "-extensions", "server_ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            &serial,
+            "-days",
+            "825",
+            "-extfile",
+            CONFIG_FILE,
+            "-extensions",
+            "server_ext",
         ];
         let server_crt = openssl(dir.path(), &sign, "server.crt");
 
@@ -92,8 +106,19 @@ fn self_signed(dir: &Path, name: &str, common_name: &str, extensions: &str) -> (
     let key_file = format!("{name}.key");
     let subject = format!("/CN={common_name}");
     let args = [
-        "req", "-x509", "-new", "-config", CONFIG_FILE, "-extensions", extensions, "-key", &key_file, "-days",
-        "3650", "-subj", &subject,
+        "req",
+        "-x509",
+        "-new",
+        "-config",
+        CONFIG_FILE,
+        "-extensions",
+        extensions,
+        "-key",
+        &key_file,
+        "-days",
+        "3650",
+        "-subj",
+        &subject,
     ];
     (openssl(dir, &args, &format!("{name}.crt")), key)
 }

@@ -136,7 +136,9 @@ pub fn diff_listings(expected: &Listing, actual: &Listing) -> Vec<String> {
     for (path, want) in expected {
         match actual.get(path) {
             None => diffs.push(format!("missing:    {path:?} ({want})")),
-            Some(got) if got != want => diffs.push(format!("different:  {path:?}\n  expected {want}\n  actual   {got}")),
+            Some(got) if got != want => {
+                diffs.push(format!("different:  {path:?}\n  expected {want}\n  actual   {got}"))
+            }
             Some(_) => {}
         }
     }
@@ -149,8 +151,7 @@ pub fn diff_listings(expected: &Listing, actual: &Listing) -> Vec<String> {
 /// Panics with every difference, one per line.
 #[track_caller]
 pub fn assert_same_listing(expected: &Listing, actual: &Listing) {
-    let diffs = diff_listings(expected, actual);
-    assert!(diffs.is_empty(), "trees differ ({} differences):\n{}", diffs.len(), diffs.join("\n"));
+    assert_no_diffs("the listings", diff_listings(expected, actual));
 }
 
 /// Compares two trees, leaving out each path in `ignore` and everything under it.
@@ -165,12 +166,10 @@ pub fn assert_same_tree(expected: &Path, actual: &Path, ignore: &[&str]) {
             .collect()
     };
     let diffs = diff_listings(&keep(tree_listing(expected)), &keep(tree_listing(actual)));
-    assert!(
-        diffs.is_empty(),
-        "{} and {} differ ({} differences):\n{}",
-        expected.display(),
-        actual.display(),
-        diffs.len(),
-        diffs.join("\n")
-    );
+    assert_no_diffs(&format!("{} (expected) and {} (actual)", expected.display(), actual.display()), diffs);
+}
+
+#[track_caller]
+fn assert_no_diffs(what: &str, diffs: Vec<String>) {
+    assert!(diffs.is_empty(), "{what} differ in {} places:\n{}", diffs.len(), diffs.join("\n"));
 }
