@@ -36,6 +36,9 @@ pub enum Error {
     Auth(String),
     /// TLS setup or verification failed.
     Tls(String),
+    /// A registry lost an upload session (e.g. after a dropped acknowledgement); the blob must be sent again
+    /// from its first byte. The pipeline handles it; users see it only when it keeps happening.
+    UploadLost(String),
     /// The user interrupted the run (Ctrl-C, SIGTERM, or the docker CLI closed the plugin socket).
     Cancelled,
 }
@@ -86,6 +89,7 @@ impl fmt::Display for Error {
             Error::Layout(m) | Error::Registry(m) | Error::Auth(m) | Error::Tls(m) => {
                 write!(f, "{m}")
             }
+            Error::UploadLost(m) => write!(f, "{m}"),
             Error::Cancelled => write!(f, "cancelled"),
         }
     }

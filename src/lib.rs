@@ -6,7 +6,10 @@
 //! docker-loadable tar on disk ([`layout`]) or a registry. [`pipeline`] wires the stages; [`cli`] is the
 //! command line on top. Each module answers one question and documents its design at its top.
 
+pub mod auth;
+pub mod cache;
 pub mod cli;
+pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod gzip;
@@ -17,6 +20,8 @@ pub mod layout;
 pub mod pipeline;
 pub mod progress;
 pub mod reference;
+pub mod registry;
 pub mod signal;
 pub mod sink;
+pub mod tls;
 pub mod walk;

@@ -8,10 +8,14 @@
 
 use std::io::Write;
 
+use crate::cache::LayerCache;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageOptions, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST, Manifest};
+use crate::image::{
+    Descriptor, ImageOptions, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST, Manifest, Platform,
+};
 use crate::layer::{LayerDigests, LayerObserver, LayerOptions, write_layer};
+use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::reference::Reference;
 use crate::sink::{BlobWriter, ManifestBlob, Sink};
@@ -66,8 +70,53 @@ impl<W: Write> Write for Counted<'_, W> {
     }
 }
 
-/// Streams the plan's layer into `sink`; returns its digests.
-pub fn push_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> Result<LayerDigests> {
+/// Streams the plan's layer into `sink`; returns its digests. With a cache, an unchanged context whose
+/// layer the sink already holds is neither read nor sent. A sink that lost the upload session gets the
+/// layer again from its first byte (the stream is deterministic), a bounded number of times.
+pub fn push_layer(
+    plan: &Plan,
+    sink: &mut dyn Sink,
+    progress: &mut Progress,
+    cache: Option<&LayerCache>,
+) -> Result<LayerDigests> {
+    let fingerprint = match cache {
+        Some(_) => Some(LayerCache::fingerprint(&plan.context, &plan.layer)?),
+        None => None,
+    };
+    if let (Some(cache), Some(fp)) = (cache, &fingerprint)
+        && let Some(digests) = cache.get(fp)
+        && sink.has_blob(&digests.digest)?
+    {
+        progress.note(&format!("layer {}: unchanged, already stored", short(&digests.digest)));
+        return Ok(digests);
+    }
+    let mut attempt = 0;
+    let digests = loop {
+        attempt += 1;
+        match stream_layer(plan, sink, progress) {
+            Err(Error::UploadLost(why)) if attempt < 3 => {
+                progress.warn(&format!("{why}; sending the layer again"));
+            }
+            Err(Error::UploadLost(why)) => {
+                return Err(Error::Registry(format!("{why}, {attempt} times in a row; giving up")));
+            }
+            other => break other?,
+        }
+    };
+    if let (Some(cache), Some(fp)) = (cache, fingerprint) {
+        // Only if nothing changed while it was read.
+        if LayerCache::fingerprint(&plan.context, &plan.layer)? == fp {
+            cache.put(&fp, &digests);
+        }
+    }
+    Ok(digests)
+}
+
+fn short(d: &Digest) -> &str {
+    &d.hex()[..12]
+}
+
+fn stream_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> Result<LayerDigests> {
     let mut writer: Box<dyn BlobWriter + '_> = sink.blob_writer()?;
     progress.start("layer");
     // Special files the walk leaves out are reported after the stream, not in the middle of its progress.
@@ -82,7 +131,12 @@ pub fn push_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> 
     match result {
         Ok(digests) => {
             writer.commit(&digests.digest, digests.size)?;
-            progress.done(&format!("{} ({} entries)", crate::progress::human(digests.size), digests.entries));
+            progress.done(&format!(
+                "{} {} ({} entries)",
+                short(&digests.digest),
+                crate::progress::human(digests.size),
+                digests.entries
+            ));
             Ok(digests)
         }
         Err(e) => {
@@ -93,41 +147,134 @@ pub fn push_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> 
 }
 
 /// Builds the image described by `plan` into `sink` and names it with every reference in `names`.
-pub fn run(plan: &Plan, sink: &mut dyn Sink, names: &[Reference], progress: &mut Progress) -> Result<Built> {
-    let layer = push_layer(plan, sink, progress)?;
-    finish_image(plan, layer, sink, names)
-}
-
-/// Stores config and manifest for an already stored layer, and names the manifest.
-pub fn finish_image(plan: &Plan, layer: LayerDigests, sink: &mut dyn Sink, names: &[Reference]) -> Result<Built> {
+pub fn run(
+    plan: &Plan,
+    sink: &mut dyn Sink,
+    names: &[Reference],
+    progress: &mut Progress,
+    cache: Option<&LayerCache>,
+) -> Result<Built> {
+    let layer = push_layer(plan, sink, progress, cache)?;
     let config = plan.image.config(vec![layer.diff_id.clone()], plan.layer.epoch);
-    let platform = crate::image::Platform {
-        architecture: config.architecture.clone(),
-        os: config.os.clone(),
-        variant: config.variant.clone(),
-    };
     let config_bytes = to_json(&config)?;
-    let config_digest = Digest::of(&config_bytes);
-    sink.put_blob(&config_bytes, &config_digest)?;
+    let platform = Platform { architecture: config.architecture, os: config.os, variant: config.variant };
     let manifest = Manifest {
         schema_version: 2,
         media_type: MEDIA_TYPE_MANIFEST.to_string(),
-        config: Descriptor::new(MEDIA_TYPE_CONFIG, config_digest.clone(), config_bytes.len() as u64),
+        config: Descriptor::new(MEDIA_TYPE_CONFIG, Digest::of(&config_bytes), config_bytes.len() as u64),
         layers: vec![Descriptor::new(MEDIA_TYPE_LAYER_GZIP, layer.digest.clone(), layer.size)],
         annotations: plan.image.annotations.clone(),
     };
-    let bytes = to_json(&manifest)?;
-    let manifest = ManifestBlob {
-        digest: Digest::of(&bytes),
-        bytes,
-        media_type: MEDIA_TYPE_MANIFEST.to_string(),
-        platform: Some(platform),
-    };
+    let manifest = store_image(sink, &manifest, &config_bytes, Some(platform), names)?;
+    Ok(Built { config_digest: Digest::of(&config_bytes), config_size: config_bytes.len() as u64, manifest, layer })
+}
+
+/// Stores the config and the manifest (whose layers are already stored) and names it; every name is
+/// tried, and a failure is reported per name.
+pub fn store_image(
+    sink: &mut dyn Sink,
+    manifest: &Manifest,
+    config_bytes: &[u8],
+    platform: Option<Platform>,
+    names: &[Reference],
+) -> Result<ManifestBlob> {
+    sink.put_blob(config_bytes, &manifest.config.digest)?;
+    let bytes = to_json(manifest)?;
+    let blob = ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: manifest.media_type.clone(), platform };
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
     for name in names {
-        sink.put_manifest(&manifest, name)?;
+        match sink.put_manifest(&blob, name) {
+            Ok(()) => done.push(name.to_string()),
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(e) => failed.push(format!("{name}: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        let pushed = if done.is_empty() { String::new() } else { format!(" (stored: {})", done.join(", ")) };
+        let msg = format!("{}{pushed}", failed.join("; "));
+        return Err(if failed.len() == 1 && done.is_empty() {
+            Error::Registry(msg)
+        } else {
+            Error::Registry(format!("some tags failed: {msg}"))
+        });
     }
     sink.finish()?;
-    Ok(Built { manifest, config_digest, config_size: config_bytes.len() as u64, layer })
+    Ok(blob)
+}
+
+/// Copies an image from an OCI layout into `sink` under `names` (the "build in one step, push in
+/// another" path): blobs are streamed from their files, skipped when the sink has them.
+pub fn copy_from_layout(
+    layout: &Layout,
+    desc: &Descriptor,
+    sink: &mut dyn Sink,
+    names: &[Reference],
+    progress: &mut Progress,
+) -> Result<ManifestBlob> {
+    if desc.media_type != MEDIA_TYPE_MANIFEST && desc.media_type != crate::image::MEDIA_TYPE_DOCKER_MANIFEST {
+        return Err(Error::Layout(format!(
+            "{} is a {}, not an image manifest; docker-idpb pushes single-platform images",
+            desc.digest, desc.media_type
+        )));
+    }
+    let manifest_bytes = layout.read_blob(&desc.digest)?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| Error::Layout(format!("manifest {} is not valid: {e}", desc.digest)))?;
+    let config_bytes = layout.read_blob(&manifest.config.digest)?;
+    for layer in &manifest.layers {
+        if sink.has_blob(&layer.digest)? {
+            progress.note(&format!("layer {}: already stored", short(&layer.digest)));
+            continue;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match copy_blob(layout, &layer.digest, layer.size, sink, progress) {
+                Err(Error::UploadLost(why)) if attempt < 3 => progress.warn(&format!("{why}; sending it again")),
+                other => break other?,
+            }
+        }
+    }
+    let mut blob = store_image(sink, &manifest, &config_bytes, desc.platform.clone(), names)?;
+    // The manifest must keep its exact bytes (and digest) as stored in the layout.
+    if blob.digest != desc.digest {
+        blob = ManifestBlob {
+            digest: desc.digest.clone(),
+            bytes: manifest_bytes,
+            media_type: desc.media_type.clone(),
+            platform: desc.platform.clone(),
+        };
+    }
+    Ok(blob)
+}
+
+fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, progress: &mut Progress) -> Result<()> {
+    let mut file = layout.open_blob(digest)?;
+    let mut writer = sink.blob_writer()?;
+    progress.start(&format!("layer {}", short(digest)));
+    let copied = {
+        let mut counted = Counted { inner: &mut writer, progress: &mut *progress };
+        std::io::copy(&mut file, &mut counted)
+    };
+    match copied {
+        Ok(n) if n == size => {
+            writer.commit(digest, size)?;
+            progress.done(&crate::progress::human(size));
+            Ok(())
+        }
+        Ok(n) => {
+            let _ = writer.abort();
+            Err(Error::Layout(format!(
+                "blob {digest} in {} has {n} bytes, its manifest says {size}",
+                layout.root().display()
+            )))
+        }
+        Err(e) => {
+            let _ = writer.abort();
+            Err(crate::layer::sink_error(e))
+        }
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {

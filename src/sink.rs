@@ -62,3 +62,112 @@ pub trait Sink {
         Ok(())
     }
 }
+
+/// Several sinks fed by one stream: a push to several registries reads and compresses the context once.
+/// Blob writers are teed; manifests go to the sink whose `accepts` says the name is its own.
+pub struct Fanout<'a> {
+    sinks: Vec<(Accepts<'a>, &'a mut dyn Sink)>,
+}
+
+/// Says whether a name belongs to a sink of a [`Fanout`].
+type Accepts<'a> = Box<dyn Fn(&Reference) -> bool + 'a>;
+
+impl<'a> Fanout<'a> {
+    pub fn new() -> Fanout<'a> {
+        Fanout { sinks: Vec::new() }
+    }
+
+    /// Adds a sink that stores the names for which `accepts` is true.
+    pub fn add(&mut self, accepts: impl Fn(&Reference) -> bool + 'a, sink: &'a mut dyn Sink) {
+        self.sinks.push((Box::new(accepts), sink));
+    }
+}
+
+impl Default for Fanout<'_> {
+    fn default() -> Self {
+        Fanout::new()
+    }
+}
+
+struct Tee<'a> {
+    writers: Vec<Box<dyn BlobWriter + 'a>>,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for w in &mut self.writers {
+            w.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writers.iter_mut().try_for_each(|w| w.flush())
+    }
+}
+
+impl BlobWriter for Tee<'_> {
+    fn commit(self: Box<Self>, digest: &Digest, size: u64) -> Result<()> {
+        let mut first_err = None;
+        for w in self.writers {
+            // Keep going so no writer is left half-open; report the first failure.
+            let res = if first_err.is_none() { w.commit(digest, size) } else { w.abort() };
+            if let Err(e) = res {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        for w in self.writers {
+            let _ = w.abort();
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Fanout<'_> {
+    fn has_blob(&mut self, digest: &Digest) -> Result<bool> {
+        for (_, sink) in &mut self.sinks {
+            if !sink.has_blob(digest)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
+        let mut writers = Vec::new();
+        for (_, sink) in &mut self.sinks {
+            match sink.blob_writer() {
+                Ok(w) => writers.push(w),
+                Err(e) => {
+                    for w in writers {
+                        let _ = w.abort();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Box::new(Tee { writers }))
+    }
+
+    fn put_blob(&mut self, bytes: &[u8], digest: &Digest) -> Result<bool> {
+        let mut sent = false;
+        for (_, sink) in &mut self.sinks {
+            sent |= sink.put_blob(bytes, digest)?;
+        }
+        Ok(sent)
+    }
+
+    fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
+        match self.sinks.iter_mut().find(|(accepts, _)| accepts(reference)) {
+            Some((_, sink)) => sink.put_manifest(manifest, reference),
+            None => Err(crate::error::Error::usage(format!("no destination for {reference}"))),
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|(_, s)| s.finish())
+    }
+}

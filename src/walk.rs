@@ -53,6 +53,9 @@ pub struct Entry {
     /// Permission bits including setuid/setgid/sticky.
     pub mode: u32,
     pub mtime: i64,
+    /// What changes whenever the entry's content or metadata changes: device, inode, mtime and ctime in
+    /// nanoseconds. Used to recognise an unchanged context without reading it (see `cache`).
+    pub stamp: [i64; 4],
 }
 
 impl Context {
@@ -164,7 +167,13 @@ impl Walker<'_> {
             return Ok(());
         };
         let is_dir = kind == Kind::Dir;
-        let entry = Entry { rel, path, kind, mode, mtime };
+        let stamp = [
+            meta.dev() as i64 ^ (meta.ino() as i64).rotate_left(32),
+            meta.size() as i64,
+            meta.mtime().wrapping_mul(1_000_000_000).wrapping_add(meta.mtime_nsec()),
+            meta.ctime().wrapping_mul(1_000_000_000).wrapping_add(meta.ctime_nsec()),
+        ];
+        let entry = Entry { rel, path, kind, mode, mtime, stamp };
         if excluded {
             // Only directories get here: descend, emitting this one lazily.
             let (path, rel) = (entry.path.clone(), entry.rel.clone());

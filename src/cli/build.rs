@@ -29,14 +29,16 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let mut progress = Progress::new(args.quiet);
     let plan = Plan { context, layer, image };
+    let cache = args.layer_cache()?;
+    let cache = cache.as_ref();
     let (output, built) = if let Some(dir) = &args.oci_layout {
-        (dir.clone(), pipeline::run(&plan, &mut LayoutSink::create(dir)?, &names, &mut progress)?)
+        (dir.clone(), pipeline::run(&plan, &mut LayoutSink::create(dir)?, &names, &mut progress, cache)?)
     } else if let Some(file) = &args.tar {
-        (file.clone(), pipeline::run(&plan, &mut TarSink::create(file)?, &names, &mut progress)?)
+        (file.clone(), pipeline::run(&plan, &mut TarSink::create(file)?, &names, &mut progress, None)?)
     } else {
         let store = store_dir()?;
         let mut sink: Box<dyn Sink> = Box::new(LayoutSink::create(&store)?);
-        (store, pipeline::run(&plan, sink.as_mut(), &names, &mut progress)?)
+        (store, pipeline::run(&plan, sink.as_mut(), &names, &mut progress, cache)?)
     };
     report(&built, &names, &output, json, args.digest_file.as_deref())
 }

@@ -15,6 +15,7 @@ use crate::image::{ImageOptions, Platform, parse_command, parse_key_value, parse
 use crate::layer::LayerOptions;
 
 mod build;
+mod push;
 
 /// Build a directory into an OCI image and push it to a registry, with no container runtime.
 #[derive(FromArgs, Debug)]
@@ -28,6 +29,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     Build(BuildArgs),
+    Push(PushArgs),
     Version(VersionArgs),
 }
 
@@ -80,6 +82,9 @@ macro_rules! with_image_flags {
             /// gzip level 0-9 (default 1: fast; 6 is gzip's default, about 5x slower for a few % smaller)
             #[argh(option)]
             pub compression_level: Option<u8>,
+            /// always read and compress the context, even if it is unchanged since the last run
+            #[argh(switch)]
+            pub no_cache: bool,
             /// write the manifest digest to this file
             #[argh(option)]
             pub digest_file: Option<PathBuf>,
@@ -108,6 +113,7 @@ macro_rules! with_image_flags {
                     chown: self.chown.as_deref(),
                     compression_level: self.compression_level,
                     format: &self.format,
+                    no_cache: self.no_cache,
                 }
             }
         }
@@ -137,6 +143,57 @@ with_image_flags! {
     }
 }
 
+with_image_flags! {
+    /// Build a directory into an OCI image and stream it into a registry (or push an image built earlier).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "push")]
+    pub struct PushArgs {
+        /// the directory to push (default: an image from --oci-layout or the local store)
+        #[argh(positional)]
+        pub context: Option<PathBuf>,
+        /// target HOST/OWNER/IMAGE[:TAG] (repeatable; default: gitea.cnoe.localtest.me:8443/giteaadmin/DIR:latest,
+        /// host and owner overridable with IDPB_REGISTRY and IDPB_OWNER)
+        #[argh(option, short = 't')]
+        pub tag: Vec<String>,
+        /// push an image from this OCI layout instead of a directory
+        #[argh(option)]
+        pub oci_layout: Option<PathBuf>,
+        /// the image to take from --oci-layout or the local store, NAME:TAG
+        #[argh(option)]
+        pub image: Option<String>,
+        /// skip TLS verification and allow plain HTTP, for any registry
+        #[argh(switch)]
+        pub insecure: bool,
+        /// use plain HTTP
+        #[argh(switch)]
+        pub plain_http: bool,
+        /// trust the CA certificates in this PEM file (repeatable)
+        #[argh(option)]
+        pub ca_file: Vec<PathBuf>,
+        /// true: verify TLS even for loopback registries; false: same as --insecure
+        #[argh(option)]
+        pub tls_verify: Option<bool>,
+        /// registry user name (with --password-stdin)
+        #[argh(option, short = 'u')]
+        pub username: Option<String>,
+        /// read the registry password or token from stdin
+        #[argh(switch)]
+        pub password_stdin: bool,
+        /// upload chunk size, e.g. 8MiB (default 8MiB; smaller through proxies that limit body size)
+        #[argh(option)]
+        pub chunk_size: Option<String>,
+        /// retries per request on network errors and 408/429/5xx (default 5)
+        #[argh(option)]
+        pub retries: Option<u32>,
+        /// give up a request after retrying this long, e.g. 90s or 5m (default 2m)
+        #[argh(option)]
+        pub timeout: Option<String>,
+        /// docker config directory (like docker --config)
+        #[argh(option)]
+        pub config: Option<PathBuf>,
+    }
+}
+
 /// The shared image flags, borrowed from whichever command declared them.
 pub struct ImageFlagValues<'a> {
     pub platform: Option<&'a str>,
@@ -153,6 +210,7 @@ pub struct ImageFlagValues<'a> {
     pub chown: Option<&'a str>,
     pub compression_level: Option<u8>,
     pub format: &'a str,
+    pub no_cache: bool,
 }
 
 /// Commands that carry the image flags.
@@ -224,6 +282,14 @@ pub trait ImageFlags {
         Ok(LayerOptions { epoch, preserve_mtime: f.preserve_mtime, chown, prefix, level })
     }
 
+    /// The layer cache in the local store, unless `--no-cache`.
+    fn layer_cache(&self) -> Result<Option<crate::cache::LayerCache>> {
+        if self.image_flags().no_cache {
+            return Ok(None);
+        }
+        Ok(store_dir().ok().map(|d| crate::cache::LayerCache::new(&d.join("cache"))))
+    }
+
     /// Whether `--format json` was asked for.
     fn json(&self) -> Result<bool> {
         match self.image_flags().format {
@@ -238,11 +304,47 @@ pub trait ImageFlags {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build::run(args),
+        Command::Push(args) => push::run(args),
         Command::Version(_) => {
             println!("docker-idpb {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
     }
+}
+
+/// Parses a size like `8MiB`, `512k`, `4M`, `1048576`.
+pub fn parse_size(flag: &str, s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => 0,
+    };
+    match num.parse::<u64>() {
+        Ok(n) if mult > 0 && n > 0 => Ok(n.saturating_mul(mult)),
+        _ => Err(Error::usage(format!("invalid {flag} {s:?}: use a size such as 8MiB, 512KiB or 1048576"))),
+    }
+}
+
+/// Parses a duration like `90s`, `5m`, `1h`, `500ms`, or plain seconds.
+pub fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: Option<u64> = num.parse().ok();
+    let d = match (n, unit) {
+        (Some(n), "ms") => Some(std::time::Duration::from_millis(n)),
+        (Some(n), "" | "s") => Some(std::time::Duration::from_secs(n)),
+        (Some(n), "m") => Some(std::time::Duration::from_secs(n * 60)),
+        (Some(n), "h") => Some(std::time::Duration::from_secs(n * 3600)),
+        _ => None,
+    };
+    d.filter(|d| !d.is_zero())
+        .ok_or_else(|| Error::usage(format!("invalid {flag} {s:?}: use a duration such as 90s, 5m or 500ms")))
 }
 
 /// `$IDPB_HOME`, else `$XDG_DATA_HOME/idpb`, else `~/.local/share/idpb`: the local image store.

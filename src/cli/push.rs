@@ -1,0 +1,242 @@
+//! `docker-idpb push`: a directory (or an image built earlier) into one or more registries.
+//!
+//! Names are validated and credentials looked up before anything is read. Targets are grouped by registry
+//! host: each host is one [`RegistrySink`] (several repositories on it share uploads through mounts), and
+//! several hosts are fed from one stream through a [`Fanout`], so the context is read and compressed once
+//! whatever the number of tags.
+
+use std::io::Read;
+
+use serde_json::json;
+
+use super::build::default_base_name;
+use super::{ImageFlags, PushArgs, parse_duration, parse_size, store_dir};
+use crate::credentials::Lookup;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::pipeline::{self, Plan};
+use crate::progress::Progress;
+use crate::reference::{Reference, sanitize_repository_component};
+use crate::registry::sink::{DEFAULT_CHUNK, PushReport, RegistrySink};
+use crate::registry::{ConnectOptions, Registry, RetryPolicy};
+use crate::sink::{Fanout, ManifestBlob, Sink};
+use crate::tls::TlsOptions;
+use crate::walk::Context;
+
+/// idpbuilder's Gitea registry and admin user: the default target.
+pub const IDPB_DEFAULT_REGISTRY: &str = "gitea.cnoe.localtest.me:8443";
+pub const IDPB_DEFAULT_OWNER: &str = "giteaadmin";
+
+/// Where the image comes from.
+enum Source {
+    Context(Box<Plan>),
+    Layout { layout: Layout, name: Option<String> },
+}
+
+pub fn run(args: PushArgs) -> Result<()> {
+    let json = args.json()?;
+    let connect = connect_options(&args)?;
+    let chunk = match &args.chunk_size {
+        None => DEFAULT_CHUNK,
+        Some(s) => {
+            let n = parse_size("--chunk-size", s)?;
+            if !(64 * 1024..1024 * 1024 * 1024).contains(&n) {
+                return Err(Error::usage(format!(
+                    "invalid --chunk-size {s:?}: use 64KiB to less than 1GiB (ingresses reject 1GiB bodies)"
+                )));
+            }
+            n as usize
+        }
+    };
+    let lookup = credential_lookup(&args)?;
+    let (source, default_name) = source(&args)?;
+    let names = target_names(&args.tag, default_name.as_deref())?;
+    let mut progress = Progress::new(args.quiet);
+
+    // Group targets by registry host, keeping the order of first appearance.
+    let mut hosts: Vec<(String, Vec<String>)> = Vec::new();
+    for n in &names {
+        let host = n.api_host().to_string();
+        match hosts.iter_mut().find(|(h, _)| *h == host) {
+            Some((_, repos)) if !repos.contains(&n.repository) => repos.push(n.repository.clone()),
+            Some(_) => {}
+            None => hosts.push((host, vec![n.repository.clone()])),
+        }
+    }
+    let mut sinks = Vec::new();
+    for (host, repos) in hosts {
+        let credential = lookup.find(&host)?;
+        let registry = Registry::connect(&host, credential, &connect, &mut progress)?;
+        sinks.push(RegistrySink::new(registry, repos, chunk));
+    }
+
+    let cache = args.layer_cache()?;
+    let result = if sinks.len() == 1 {
+        push_into(&source, &mut sinks[0], &names, &mut progress, cache.as_ref())
+    } else {
+        let mut fanout = Fanout::new();
+        for sink in &mut sinks {
+            let host = sink.registry.host().to_string();
+            fanout.add(move |r: &Reference| r.api_host() == host, sink);
+        }
+        push_into(&source, &mut fanout, &names, &mut progress, cache.as_ref())
+    };
+    let (manifest, built) = result?;
+
+    let digest = &manifest.digest;
+    if let Some(path) = &args.digest_file {
+        std::fs::write(path, format!("{digest}\n")).map_err(|e| Error::io(path, "write", e))?;
+    }
+    let mut report = PushReport::default();
+    for s in &sinks {
+        report.blobs_uploaded.extend(s.report.blobs_uploaded.iter().cloned());
+        report.blobs_skipped.extend(s.report.blobs_skipped.iter().cloned());
+        report.blobs_mounted.extend(s.report.blobs_mounted.iter().cloned());
+        report.bytes_uploaded += s.report.bytes_uploaded;
+        report.manifests += s.report.manifests;
+    }
+    if json {
+        let mut value = json!({
+            "name": names.first().map(|n| n.to_string()),
+            "tags": names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "references": names.iter().map(|n| format!("{}@{digest}", n.repo_name())).collect::<Vec<_>>(),
+            "digest": digest,
+            "size": manifest.bytes.len(),
+            "sent": report,
+        });
+        if let Some(b) = built {
+            value["config_digest"] = json!(b.config_digest);
+            value["layer_digest"] = json!(b.layer.digest);
+            value["layer_size"] = json!(b.layer.size);
+            value["diff_id"] = json!(b.layer.diff_id);
+            value["total_size"] = json!(b.total_size());
+        }
+        println!("{value}");
+    } else {
+        for n in &names {
+            println!("{n}@{digest}");
+        }
+    }
+    Ok(())
+}
+
+fn push_into(
+    source: &Source,
+    sink: &mut dyn Sink,
+    names: &[Reference],
+    progress: &mut Progress,
+    cache: Option<&crate::cache::LayerCache>,
+) -> Result<(ManifestBlob, Option<pipeline::Built>)> {
+    match source {
+        Source::Context(plan) => {
+            let built = pipeline::run(plan, sink, names, progress, cache)?;
+            Ok((built.manifest.clone(), Some(built)))
+        }
+        Source::Layout { layout, name } => {
+            let desc = layout.find(name.as_deref())?;
+            Ok((pipeline::copy_from_layout(layout, &desc, sink, names, progress)?, None))
+        }
+    }
+}
+
+fn connect_options(args: &PushArgs) -> Result<ConnectOptions> {
+    if args.plain_http && args.tls_verify == Some(true) {
+        return Err(Error::usage("--plain-http and --tls-verify=true contradict each other: choose one"));
+    }
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = args.retries {
+        retry.attempts = n.saturating_add(1);
+    }
+    if let Some(t) = &args.timeout {
+        retry.budget = parse_duration("--timeout", t)?;
+    }
+    let tls = TlsOptions {
+        insecure: args.insecure,
+        plain_http: args.plain_http,
+        ca_files: args.ca_file.clone(),
+        verify: args.tls_verify,
+    };
+    for f in &tls.ca_files {
+        if !f.is_file() {
+            return Err(Error::usage(format!("--ca-file {}: no such file", f.display())));
+        }
+    }
+    Ok(ConnectOptions { tls, retry, request_timeout: None })
+}
+
+fn credential_lookup(args: &PushArgs) -> Result<Lookup> {
+    let password = if args.password_stdin {
+        if args.username.is_none() {
+            return Err(Error::usage("--password-stdin needs -u USER"));
+        }
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| Error::io("stdin", "read", e))?;
+        let p = s.trim_end_matches(['\n', '\r']).to_string();
+        if p.is_empty() {
+            return Err(Error::usage("--password-stdin: stdin was empty; pipe the password or token into it"));
+        }
+        Some(p)
+    } else {
+        if args.username.is_some() {
+            return Err(Error::usage("-u USER needs --password-stdin (passwords are never taken as arguments)"));
+        }
+        None
+    };
+    Ok(Lookup { username: args.username.clone(), password, config_dir: args.config.clone() })
+}
+
+/// The image source, and the repository name to use when no `-t` is given.
+fn source(args: &PushArgs) -> Result<(Source, Option<String>)> {
+    if let Some(dir) = &args.context {
+        if args.oci_layout.is_some() || args.image.is_some() {
+            return Err(Error::usage("give either a CONTEXT directory or --oci-layout/--image, not both"));
+        }
+        let image = args.image_options()?;
+        let layer = args.layer_options()?;
+        let context = Context::open(dir)?;
+        let base = default_base_name(dir);
+        return Ok((Source::Context(Box::new(Plan { context, layer, image })), Some(base)));
+    }
+    let (layout, name) = match &args.oci_layout {
+        Some(dir) => (Layout::open(dir)?, args.image.clone()),
+        None => {
+            let store = store_dir()?;
+            let layout = Layout::open(&store).map_err(|_| {
+                Error::usage(format!(
+                    "nothing to push: give a CONTEXT directory, or --oci-layout DIR (the local store {} is empty)",
+                    store.display()
+                ))
+            })?;
+            // `docker push NAME` semantics: the image named like the target, unless --image says otherwise.
+            let name = args.image.clone().or_else(|| args.tag.first().cloned());
+            (layout, name)
+        }
+    };
+    let desc = layout.find(name.as_deref())?;
+    let stored_name = desc.annotations.get(crate::image::ANNOTATION_CONTAINERD_NAME).cloned();
+    Ok((Source::Layout { layout, name }, stored_name))
+}
+
+/// `-t` values, or the idpbuilder default for `default_name` (a base name, or a full name from a layout).
+fn target_names(tags: &[String], default_name: Option<&str>) -> Result<Vec<Reference>> {
+    if !tags.is_empty() {
+        return tags.iter().map(|t| Reference::parse(t)).collect();
+    }
+    let registry = env_or("IDPB_REGISTRY", IDPB_DEFAULT_REGISTRY);
+    let owner = env_or("IDPB_OWNER", IDPB_DEFAULT_OWNER);
+    let name = default_name.unwrap_or("image");
+    // A layout image named with an explicit registry keeps it; a bare name goes to the idpbuilder default.
+    if let Ok(r) = Reference::parse(name) {
+        if name.contains('/') && r.registry != crate::reference::DOCKER_HUB {
+            return Ok(vec![r]);
+        }
+        let base = r.repository.rsplit('/').next().unwrap_or("image").to_string();
+        let target = format!("{registry}/{owner}/{}:{}", sanitize_repository_component(&base), r.tag_or_latest());
+        return Ok(vec![Reference::parse(&target)?]);
+    }
+    Ok(vec![Reference::parse(&format!("{registry}/{owner}/{}:latest", sanitize_repository_component(name)))?])
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string())
+}

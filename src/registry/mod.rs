@@ -1,0 +1,616 @@
+//! The OCI distribution protocol, as a blocking client that copes with real registries.
+//!
+//! [`Registry`] is one host: it decides the scheme once (by [`crate::tls`]'s rules, pinging `/v2/` and
+//! falling back from unverified HTTPS to HTTP for loopback and `--insecure` registries), learns from the
+//! ping's challenge how to authenticate, and then sends every request through [`Registry::send`], which
+//! adds the Authorization for the request's scope, fetches or refreshes a bearer token once on a 401, and
+//! retries transient failures (connection errors, 408/429/5xx) with capped, jittered exponential backoff
+//! that honours `Retry-After`, within an attempt count and a total time budget. Requests carry their body
+//! as a byte slice, so a retried request resends exactly the same bytes; streaming uploads live in
+//! [`upload`], which keeps the chunk in flight in memory until the registry acknowledges it. Error messages
+//! name the operation, the status, the registry's error code and message, and the attempt count, and
+//! never a credential.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use ureq::Agent;
+use ureq::http;
+
+use crate::auth::{Challenge, parse_challenges, query_escape, token_from_response};
+use crate::credentials::{Credential, Secret, base64_encode};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::reference::is_loopback_host;
+use crate::signal;
+use crate::tls::{TlsOptions, Transport, verify_failed};
+
+pub mod sink;
+pub mod upload;
+
+/// Accept header for manifests: OCI and Docker types, images and indexes.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// How hard to try before giving up.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per request, including the first.
+    pub attempts: u32,
+    /// Total time budget for the retries of one request.
+    pub budget: Duration,
+    /// First backoff delay; doubles per attempt up to `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            budget: Duration::from_secs(120),
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `n` (1 = the first retry), with jitter in [50%, 100%].
+    pub fn delay(&self, n: u32) -> Duration {
+        let exp = self.base_delay.saturating_mul(1u32 << n.min(16).saturating_sub(1));
+        let capped = exp.min(self.max_delay);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
+        capped.mul_f64(jitter)
+    }
+}
+
+/// Statuses worth another attempt: timeouts, rate limits, and server or proxy trouble.
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 499 | 500 | 502 | 503 | 504 | 522)
+}
+
+/// A request to the registry. The body is a slice so retries resend the same bytes.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub method: &'static str,
+    /// Absolute URL, or a path starting with `/` (resolved against the registry).
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: &'a [u8],
+    /// The repository whose scope the request needs (None for `/v2/` and the catalog).
+    pub repository: Option<String>,
+    /// What the request is for, in the user's words ("upload layer chunk").
+    pub what: &'static str,
+    /// Whether `send` may retry it; false when the caller handles recovery (chunk PATCHes).
+    pub retry: bool,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(method: &'static str, url: impl Into<String>, what: &'static str) -> Request<'a> {
+        Request { method, url: url.into(), headers: Vec::new(), body: &[], repository: None, what, retry: true }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: &'a [u8]) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn repository(mut self, repo: &str) -> Self {
+        self.repository = Some(repo.to_string());
+        self
+    }
+
+    pub fn no_retry(mut self) -> Self {
+        self.retry = false;
+        self
+    }
+}
+
+/// A registry's answer, with the body read (bounded) for errors and JSON.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// "CODE: message" from the registry's JSON error body, else the first line of the body.
+    pub fn error_detail(&self) -> String {
+        registry_error_detail(&self.body)
+    }
+}
+
+/// The `{"errors":[{"code","message"}]}` body as one line; non-JSON bodies (HTML from proxies, Gitea's
+/// plain text) give their first non-empty line, shortened.
+pub fn registry_error_detail(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(errors) = v.get("errors").and_then(|e| e.as_array())
+    {
+        let parts: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
+                let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
+                match (code.is_empty(), msg.is_empty()) {
+                    (false, false) => format!("{code}: {msg}"),
+                    (false, true) => code.to_string(),
+                    _ => msg.to_string(),
+                }
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !parts.is_empty() {
+            return parts.join("; ");
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let line = text
+        .lines()
+        .map(|l| l.trim())
+        .map(|l| if l.starts_with('<') { strip_tags(l) } else { l.to_string() })
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    line.chars().take(200).collect()
+}
+
+fn strip_tags(s: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in s.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_string()
+}
+
+/// How this registry wants to be authenticated, learned from the ping.
+#[derive(Debug, Clone)]
+enum AuthScheme {
+    None,
+    Basic,
+    Bearer { realm: String, service: Option<String> },
+}
+
+/// Options for connecting to registries.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub tls: TlsOptions,
+    pub retry: RetryPolicy,
+    /// Per-request timeout (connect, and each read).
+    pub request_timeout: Option<Duration>,
+}
+
+/// A connection to one registry host.
+pub struct Registry {
+    host: String,
+    base: String,
+    agent: Agent,
+    credential: Option<Credential>,
+    scheme: AuthScheme,
+    tokens: HashMap<String, String>,
+    retry: RetryPolicy,
+    /// Requests sent, by method, for the JSON report and tests.
+    pub sent: HashMap<&'static str, u64>,
+}
+
+const MAX_BODY: u64 = 16 * 1024 * 1024;
+
+impl Registry {
+    /// Connects to `host` (pinging `/v2/`), choosing the transport and learning the auth scheme.
+    pub fn connect(
+        host: &str,
+        credential: Option<Credential>,
+        opts: &ConnectOptions,
+        progress: &mut Progress,
+    ) -> Result<Registry> {
+        let transport = opts.tls.transport(host);
+        let tls = opts.tls.config(host, &transport)?;
+        let timeout = opts.request_timeout.unwrap_or(Duration::from_secs(60));
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .max_redirects(5)
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(timeout))
+            .timeout_send_body(Some(timeout))
+            .user_agent(format!("docker-idpb/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let mut reg = Registry {
+            host: host.to_string(),
+            base: String::new(),
+            agent,
+            credential,
+            scheme: AuthScheme::None,
+            tokens: HashMap::new(),
+            retry: opts.retry.clone(),
+            sent: HashMap::new(),
+        };
+        let schemes: &[&str] = match transport {
+            Transport::Https => &["https"],
+            Transport::InsecureHttps => &["https", "http"],
+            Transport::Http => &["http"],
+        };
+        let mut last_err = None;
+        for scheme in schemes {
+            reg.base = format!("{scheme}://{host}");
+            match reg.ping() {
+                Ok(()) => {
+                    if transport == Transport::InsecureHttps {
+                        let how =
+                            if *scheme == "http" { "plain HTTP" } else { "HTTPS without certificate verification" };
+                        let why =
+                            if is_loopback_host(host) { "a loopback registry, as Docker does" } else { "--insecure" };
+                        progress.note(&format!("note: {host} is reached over {how} ({why})"));
+                    }
+                    if *scheme == "http" && !is_loopback_host(host) && reg.credential.is_some() {
+                        return Err(Error::Auth(format!(
+                            "refusing to send credentials for {host} over plain HTTP; use HTTPS (drop --plain-http) \
+                             or a loopback address"
+                        )));
+                    }
+                    return Ok(reg);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::Registry(format!("cannot reach {host}"))))
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The credential in use, if any (for messages: its source).
+    pub fn credential(&self) -> Option<&Credential> {
+        self.credential.as_ref()
+    }
+
+    /// `GET /v2/` without retries: which scheme works, and which auth the registry wants.
+    fn ping(&mut self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let resp = self.raw(&Request::new("GET", url, "ping"), None)?;
+        match resp.status {
+            200..=299 => self.scheme = AuthScheme::None,
+            401 => {
+                let challenges: Vec<Challenge> = resp
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+                    .flat_map(|(_, v)| parse_challenges(v))
+                    .collect();
+                self.scheme = choose_scheme(&challenges).ok_or_else(|| {
+                    Error::Auth(format!("{} asks for an authentication scheme docker-idpb does not support", self.host))
+                })?;
+            }
+            404 => {
+                return Err(Error::Registry(format!(
+                    "{} does not serve the registry API at /v2/ (is this a registry address?)",
+                    self.host
+                )));
+            }
+            s => {
+                return Err(Error::Registry(format!(
+                    "{} answered {s} to the registry ping /v2/: {}",
+                    self.host,
+                    resp.error_detail()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a Location or path against the registry base URL.
+    pub fn resolve(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            format!("{}/{location}", self.base)
+        }
+    }
+
+    /// Sends a request with auth and retries; returns any HTTP answer except 401s it could not get past.
+    pub fn send(&mut self, req: &Request<'_>) -> Result<Response> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            if signal::cancelled() {
+                return Err(Error::Cancelled);
+            }
+            attempt += 1;
+            let auth = self.authorization(req.repository.as_deref(), false)?;
+            let result = self.raw(req, auth.as_deref());
+            let can_retry = req.retry && attempt < self.retry.attempts && started.elapsed() < self.retry.budget;
+            match result {
+                Ok(resp) if resp.status == 401 && !refreshed => {
+                    // First refusal: learn the challenge and get a fresh token (or send Basic) once.
+                    refreshed = true;
+                    self.learn_challenge(&resp);
+                    let can_answer = match self.scheme {
+                        AuthScheme::Bearer { .. } => true,
+                        AuthScheme::Basic => self.credential.is_some() && auth.is_none(),
+                        AuthScheme::None => false,
+                    };
+                    if !can_answer {
+                        return Err(self.auth_error(req, &resp));
+                    }
+                    self.authorization(req.repository.as_deref(), true)?;
+                    attempt -= 1;
+                }
+                Ok(resp) if resp.status == 401 => return Err(self.auth_error(req, &resp)),
+                Ok(resp) if retryable_status(resp.status) && can_retry => {
+                    let delay =
+                        retry_after(&resp).unwrap_or_else(|| self.retry.delay(attempt)).min(self.retry.max_delay * 3);
+                    self.sleep(delay)?;
+                }
+                Ok(resp) => return Ok(resp),
+                Err(Error::Registry(_)) if can_retry => self.sleep(self.retry.delay(attempt))?,
+                Err(Error::Registry(msg)) if attempt > 1 => {
+                    return Err(Error::Registry(format!("{msg} (gave up after {attempt} attempts)")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The error for a response the caller cannot use: operation, status, registry's code and message.
+    pub fn status_error(&self, req: &Request<'_>, resp: &Response) -> Error {
+        let detail = resp.error_detail();
+        let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+        let target = req
+            .repository
+            .as_deref()
+            .map(|r| format!(" {}/{r}", self.host))
+            .unwrap_or_else(|| format!(" {}", self.host));
+        Error::Registry(format!(
+            "{} ({} {}) at{target} failed with {}{detail}",
+            req.what,
+            req.method,
+            path_of(&req.url),
+            resp.status
+        ))
+    }
+
+    fn sleep(&self, d: Duration) -> Result<()> {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if signal::cancelled() {
+                return Err(Error::Cancelled);
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+        Ok(())
+    }
+
+    fn learn_challenge(&mut self, resp: &Response) {
+        let challenges: Vec<Challenge> = resp
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+            .flat_map(|(_, v)| parse_challenges(v))
+            .collect();
+        if let Some(scheme) = choose_scheme(&challenges) {
+            self.scheme = scheme;
+        }
+    }
+
+    fn auth_error(&self, req: &Request<'_>, resp: &Response) -> Error {
+        let detail = resp.error_detail();
+        let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
+        let host = &self.host;
+        match &self.credential {
+            Some(c) => Error::Auth(format!(
+                "{host} refused the credentials from {} for {}{detail}; check them with `docker login {host}` \
+                 or pass -u USER --password-stdin",
+                c.source, req.what
+            )),
+            None => Error::Auth(format!(
+                "{host} requires authentication for {}{detail} and no credentials were found; run `docker login {host}` \
+                 or pass -u USER --password-stdin",
+                req.what
+            )),
+        }
+    }
+
+    /// The Authorization header for a request in `repository`'s scope (fetching a token if needed).
+    fn authorization(&mut self, repository: Option<&str>, refresh: bool) -> Result<Option<String>> {
+        match self.scheme.clone() {
+            AuthScheme::None => Ok(None),
+            AuthScheme::Basic => Ok(self.credential.as_ref().and_then(basic_header)),
+            AuthScheme::Bearer { realm, service } => {
+                let scope = match repository {
+                    Some(repo) => format!("repository:{repo}:pull,push"),
+                    None => "registry:catalog:*".to_string(),
+                };
+                if !refresh && let Some(t) = self.tokens.get(&scope) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
+                let token = self.fetch_token(&realm, service.as_deref(), &scope)?;
+                self.tokens.insert(scope, token.clone());
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    fn fetch_token(&mut self, realm: &str, service: Option<&str>, scope: &str) -> Result<String> {
+        if !realm.starts_with("https://") && !realm.starts_with("http://") {
+            return Err(Error::Auth(format!("{} sent a token realm that is not a URL: {realm:?}", self.host)));
+        }
+        let mut query = Vec::new();
+        if let Some(s) = service {
+            query.push(format!("service={}", query_escape(s)));
+        }
+        query.push(format!("scope={}", query_escape(scope)));
+        let resp = match self.credential.as_ref().map(|c| &c.secret) {
+            Some(Secret::RegistryToken { token }) => return Ok(token.clone()),
+            Some(Secret::IdentityToken { token }) => {
+                let mut form =
+                    format!("grant_type=refresh_token&refresh_token={}&client_id=docker-idpb", query_escape(token));
+                if let Some(s) = service {
+                    form.push_str(&format!("&service={}", query_escape(s)));
+                }
+                form.push_str(&format!("&scope={}", query_escape(scope)));
+                let req = Request::new("POST", realm.to_string(), "token request")
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(form.as_bytes());
+                self.raw_retrying(&req, None)?
+            }
+            _ => {
+                let auth = self.credential.as_ref().and_then(basic_header);
+                let sep = if realm.contains('?') { '&' } else { '?' };
+                let url = format!("{realm}{sep}{}", query.join("&"));
+                let req = Request::new("GET", url, "token request");
+                self.raw_retrying(&req, auth.as_deref())?
+            }
+        };
+        if resp.status == 401 || resp.status == 403 {
+            let req = Request::new("GET", realm.to_string(), "token request");
+            return Err(self.auth_error(&req, &resp));
+        }
+        if !resp.ok() {
+            return Err(Error::Auth(format!(
+                "token server {} answered {}: {}",
+                path_host(realm),
+                resp.status,
+                resp.error_detail()
+            )));
+        }
+        token_from_response(&resp.text())
+            .ok_or_else(|| Error::Auth(format!("token server {} sent no token in its answer", path_host(realm))))
+    }
+
+    fn raw_retrying(&mut self, req: &Request<'_>, auth: Option<&str>) -> Result<Response> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.raw(req, auth) {
+                Ok(r) if retryable_status(r.status) && attempt < self.retry.attempts => {}
+                Err(Error::Registry(_)) if attempt < self.retry.attempts => {}
+                other => return other,
+            }
+            self.sleep(self.retry.delay(attempt))?;
+        }
+    }
+
+    /// One HTTP exchange, no retries. Transport failures become `Error::Registry` (retryable) or
+    /// `Error::Tls` (not).
+    fn raw(&mut self, req: &Request<'_>, auth: Option<&str>) -> Result<Response> {
+        let url = self.resolve(&req.url);
+        let mut builder = http::Request::builder().method(req.method).uri(&url);
+        for (k, v) in &req.headers {
+            builder = builder.header(*k, v);
+        }
+        if let Some(a) = auth {
+            // Never over plain HTTP to a host that is not loopback.
+            if url.starts_with("https://") || is_loopback_host(&self.host) {
+                builder = builder.header("Authorization", a);
+            }
+        }
+        let request = builder
+            .body(req.body)
+            .map_err(|e| Error::Registry(format!("invalid request URL {}: {e}", path_of(&url))))?;
+        *self.sent.entry(req.method).or_default() += 1;
+        let mut resp = match self.agent.run(request) {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport_error(&url, e)),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        if req.method != "HEAD" {
+            let reader = resp.body_mut().as_reader();
+            if let Err(e) = reader.take(MAX_BODY).read_to_end(&mut body) {
+                return Err(Error::Registry(format!("{} reading the answer from {}: {e}", req.what, self.host)));
+            }
+        }
+        Ok(Response { status, headers, body })
+    }
+
+    fn transport_error(&self, url: &str, e: ureq::Error) -> Error {
+        let host = &self.host;
+        match &e {
+            ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => verify_failed(host, &format!("{c:?}")),
+            ureq::Error::Rustls(other) => Error::Tls(format!("TLS with {host} failed: {other}")),
+            ureq::Error::Tls(m) => Error::Tls(format!("TLS with {host} failed: {m}")),
+            ureq::Error::HostNotFound => {
+                Error::Registry(format!("cannot resolve {} (check the registry name and your DNS)", path_host(url)))
+            }
+            _ => Error::Registry(format!("cannot reach {} ({e})", path_host(url))),
+        }
+    }
+}
+
+fn choose_scheme(challenges: &[Challenge]) -> Option<AuthScheme> {
+    if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer")
+        && let Some(realm) = b.param("realm")
+    {
+        return Some(AuthScheme::Bearer { realm: realm.to_string(), service: b.param("service").map(str::to_string) });
+    }
+    challenges.iter().any(|c| c.scheme == "basic").then_some(AuthScheme::Basic)
+}
+
+fn basic_header(c: &Credential) -> Option<String> {
+    match &c.secret {
+        Secret::Basic { username, password } => {
+            Some(format!("Basic {}", base64_encode(format!("{username}:{password}").as_bytes())))
+        }
+        Secret::RegistryToken { token } => Some(format!("Bearer {token}")),
+        Secret::IdentityToken { .. } => None,
+    }
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The path and query of a URL, for messages (no host, no credentials).
+fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    // Upload URLs carry opaque state in the query; it helps nobody in a message.
+    path.split('?').next().unwrap_or(path).to_string()
+}
+
+fn path_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+#[cfg(test)]
+mod tests;

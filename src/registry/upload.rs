@@ -1,0 +1,286 @@
+//! Chunked, resumable blob upload: the registry's [`BlobWriter`].
+//!
+//! A layer's digest is known only when its stream ends, so the upload is the spec's chunked flow: POST to
+//! open a session, PATCH each chunk with `Content-Range: START-END` (no `bytes=`, which Gitea refuses) and
+//! `Content-Type`, follow the newest `Location` every time (the reference registry encodes the offset in
+//! it), and PUT `?digest=` at the end. The chunk in flight stays in memory until the registry acknowledges
+//! it; after a failure the session is asked where it stands (GET -> `Range`) and the upload resumes from the
+//! first byte the registry lacks, without re-reading the context. A 413 from a proxy or a 416 from a
+//! registry with a chunk cap halves the chunk size (to a 64 KiB floor) for the rest of the run. When the
+//! session itself is gone (404, as the reference registry answers after a lost acknowledgement), the error
+//! is [`Error::UploadLost`] and the pipeline re-streams the blob from its first byte: the layer is
+//! deterministic, so the second stream has the same digest. Memory is bounded by the chunk size.
+
+use std::io::{self, Write};
+
+use super::{Registry, Request, Response};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::sink::BlobWriter;
+
+/// Smallest chunk the 413/416 back-off goes down to.
+pub const MIN_CHUNK: usize = 64 * 1024;
+
+/// An open upload session.
+pub struct Upload<'r> {
+    reg: &'r mut Registry,
+    repo: String,
+    location: String,
+    /// Bytes written but not yet acknowledged (starting at `acked`).
+    buf: Vec<u8>,
+    /// Bytes the registry has.
+    acked: u64,
+    /// Shared chunk size, shrunk by 413/416 for the rest of the run.
+    chunk: &'r std::cell::Cell<usize>,
+    min_chunk: usize,
+    finished: bool,
+}
+
+impl<'r> Upload<'r> {
+    /// Opens an upload session in `repo`.
+    pub fn start(reg: &'r mut Registry, repo: &str, chunk: &'r std::cell::Cell<usize>) -> Result<Upload<'r>> {
+        let req = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
+            .repository(repo)
+            .header("Content-Length", "0");
+        let resp = reg.send(&req)?;
+        if resp.status != 202 {
+            return Err(reg.status_error(&req, &resp));
+        }
+        let location = location(reg, &req, &resp)?;
+        let min_chunk = resp.header("oci-chunk-min-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        Ok(Upload {
+            reg,
+            repo: repo.to_string(),
+            location,
+            buf: Vec::new(),
+            acked: 0,
+            chunk,
+            min_chunk,
+            finished: false,
+        })
+    }
+
+    fn chunk_size(&self) -> usize {
+        self.chunk.get().max(self.min_chunk).max(1)
+    }
+
+    /// Sends everything buffered, in chunks of the current size, resuming after failures.
+    fn drain(&mut self) -> Result<()> {
+        let mut failures = 0u32;
+        let started = std::time::Instant::now();
+        while !self.buf.is_empty() {
+            let n = self.buf.len().min(self.chunk_size());
+            let end = self.acked + n as u64 - 1;
+            let req = Request::new("PATCH", self.location.clone(), "upload blob chunk")
+                .repository(&self.repo)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Range", format!("{}-{end}", self.acked))
+                .body(&self.buf[..n])
+                .no_retry();
+            let outcome = self.reg.send(&req);
+            let give_up =
+                |failures: u32, reg: &Registry| failures >= reg.retry.attempts || started.elapsed() >= reg.retry.budget;
+            match outcome {
+                Ok(resp) if matches!(resp.status, 202 | 201 | 204) => {
+                    self.location = location(self.reg, &req, &resp).unwrap_or_else(|_| self.location.clone());
+                    self.acked += n as u64;
+                    self.buf.drain(..n);
+                    failures = 0;
+                }
+                Ok(resp) if (resp.status == 413 || resp.status == 416) && self.chunk.get() > MIN_CHUNK => {
+                    // A proxy's body limit (413) or a registry's chunk cap (416): smaller chunks from now on.
+                    // A 416 can also mean we are out of step; the resync below settles which.
+                    self.chunk.set((self.chunk.get() / 2).max(MIN_CHUNK));
+                    if resp.status == 416 {
+                        self.resync()?;
+                    }
+                }
+                Ok(resp) if resp.status == 404 => {
+                    return Err(Error::UploadLost(format!(
+                        "the registry dropped the upload session ({})",
+                        resp.error_detail()
+                    )));
+                }
+                Ok(resp) if super::retryable_status(resp.status) && !give_up(failures + 1, self.reg) => {
+                    failures += 1;
+                    self.reg.sleep(self.reg.retry.delay(failures))?;
+                    self.resync()?;
+                }
+                Err(Error::Registry(_)) if !give_up(failures + 1, self.reg) => {
+                    failures += 1;
+                    self.reg.sleep(self.reg.retry.delay(failures))?;
+                    self.resync()?;
+                }
+                Ok(resp) => {
+                    let err = self.reg.status_error(&req, &resp);
+                    return Err(with_attempts(err, failures + 1));
+                }
+                Err(e) => return Err(with_attempts(e, failures + 1)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the session how many bytes it has and drops those from the buffer.
+    fn resync(&mut self) -> Result<()> {
+        let req = Request::new("GET", self.location.clone(), "check upload status").repository(&self.repo);
+        let resp = self.reg.send(&req)?;
+        if resp.status == 404 {
+            return Err(Error::UploadLost(format!(
+                "the registry dropped the upload session ({})",
+                resp.error_detail()
+            )));
+        }
+        if !(200..300).contains(&resp.status) {
+            return Err(self.reg.status_error(&req, &resp));
+        }
+        if let Ok(loc) = location(self.reg, &req, &resp) {
+            self.location = loc;
+        }
+        // Range: 0-N means bytes 0..=N are stored; "0-0" is ambiguous (nothing or one byte): registries send
+        // it for an empty session.
+        let have = match resp.header("range").and_then(parse_range_end) {
+            Some(end) if end > 0 => end + 1,
+            _ => 0,
+        };
+        if have < self.acked || have > self.acked + self.buf.len() as u64 {
+            // The session has less than we know was acknowledged, or more than we sent: start over.
+            return Err(Error::UploadLost(format!(
+                "the upload session is at byte {have}, expected {}..{}",
+                self.acked,
+                self.acked + self.buf.len() as u64
+            )));
+        }
+        let skip = (have - self.acked) as usize;
+        self.buf.drain(..skip);
+        self.acked = have;
+        Ok(())
+    }
+
+    /// Sends whatever is buffered and closes the session under `digest`.
+    fn finish(&mut self, digest: &Digest, size: u64) -> Result<()> {
+        self.drain()?;
+        if self.acked != size {
+            return Err(Error::Registry(format!("upload of {digest} sent {} bytes, expected {size}", self.acked)));
+        }
+        let sep = if self.location.contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}digest={}", self.location, digest);
+        let req = Request::new("PUT", url, "finish blob upload")
+            .repository(&self.repo)
+            .header("Content-Length", "0")
+            .header("Content-Type", "application/octet-stream");
+        let resp = self.reg.send(&req)?;
+        if resp.status == 404 && self.reg.blob_exists(&self.repo, digest)? {
+            // A retried PUT whose first attempt succeeded.
+            self.finished = true;
+            return Ok(());
+        }
+        if resp.status == 404 {
+            return Err(Error::UploadLost(format!(
+                "the registry dropped the upload session ({})",
+                resp.error_detail()
+            )));
+        }
+        if resp.status != 201 && resp.status != 204 && resp.status != 200 {
+            return Err(self.reg.status_error(&req, &resp));
+        }
+        if let Some(got) = resp.header("docker-content-digest")
+            && got.trim() != digest.as_str()
+        {
+            return Err(Error::Registry(format!(
+                "{} stored the blob as {} but docker-idpb computed {digest}; the upload was corrupted on the way",
+                self.reg.host(),
+                got.trim()
+            )));
+        }
+        self.finished = true;
+        Ok(())
+    }
+
+    fn cancel_session(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        // Even when cancelled: the session should not linger. One attempt, errors ignored.
+        let req = Request::new("DELETE", self.location.clone(), "cancel blob upload").repository(&self.repo);
+        let auth = self.reg.authorization(Some(&self.repo), false).ok().flatten();
+        let _ = self.reg.raw(&req, auth.as_deref());
+    }
+}
+
+fn with_attempts(e: Error, attempts: u32) -> Error {
+    match e {
+        Error::Registry(m) if attempts > 1 => Error::Registry(format!("{m} (gave up after {attempts} attempts)")),
+        other => other,
+    }
+}
+
+/// The Location of an upload response, resolved; a registry that sends none keeps the old one.
+fn location(reg: &Registry, req: &Request<'_>, resp: &Response) -> Result<String> {
+    match resp.header("location") {
+        Some(l) if !l.trim().is_empty() => Ok(reg.resolve(l.trim())),
+        _ if req.method == "POST" => {
+            Err(Error::Registry(format!("{} opened an upload session without a Location header", reg.host())))
+        }
+        _ => Ok(reg.resolve(&req.url)),
+    }
+}
+
+/// "0-1234" or "bytes=0-1234" -> 1234.
+fn parse_range_end(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_prefix("bytes=").unwrap_or(v);
+    v.split_once('-')?.1.trim().parse().ok()
+}
+
+impl Write for Upload<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= self.chunk_size() {
+            // Send whole chunks; keep the remainder for the next call or for `finish`.
+            let whole = self.buf.len() - self.buf.len() % self.chunk_size();
+            let rest = self.buf.split_off(whole);
+            let result = self.drain();
+            self.buf.extend_from_slice(&rest);
+            result.map_err(io::Error::other)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobWriter for Upload<'_> {
+    fn commit(mut self: Box<Self>, digest: &Digest, size: u64) -> Result<()> {
+        let result = self.finish(digest, size);
+        if result.is_err() {
+            self.cancel_session();
+        }
+        result
+    }
+
+    fn abort(mut self: Box<Self>) -> Result<()> {
+        self.cancel_session();
+        Ok(())
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        self.cancel_session();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn range_header_forms() {
+        assert_eq!(super::parse_range_end("0-1023"), Some(1023));
+        assert_eq!(super::parse_range_end("bytes=0-99"), Some(99));
+        assert_eq!(super::parse_range_end("0-0"), Some(0));
+        assert_eq!(super::parse_range_end("junk"), None);
+    }
+}

@@ -1,0 +1,185 @@
+//! Which transport to use for a registry, by Docker's rules, and the rustls trust it needs.
+//!
+//! Trust is the Mozilla roots (embedded, so a static binary in a scratch image needs no files) plus, in
+//! Docker's and containers' order, `SSL_CERT_FILE`, every `*.crt` in `/etc/docker/certs.d/HOST[:PORT]/`,
+//! `$XDG_CONFIG_HOME/docker/certs.d/...`, `/etc/containers/certs.d/...`, `~/.config/containers/certs.d/...`,
+//! and `--ca-file`. A `NAME.cert` + `NAME.key` pair in one of those directories is the client certificate.
+//! Which scheme to try is a [`Transport`] decision made once per host: a loopback registry (127.0.0.0/8,
+//! ::1, `localhost`, `*.localtest.me`) is treated as Docker treats it, HTTPS without verification and then
+//! plain HTTP; `--insecure` does that for any host; `--plain-http` is HTTP only; everything else is
+//! verified HTTPS, and a verification failure becomes an error that names the three ways out.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+use crate::error::{Error, Result};
+use crate::reference::is_loopback_host;
+
+/// TLS-related flags of a command.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// `--insecure`: skip verification and allow plain HTTP for every registry.
+    pub insecure: bool,
+    /// `--plain-http`: use HTTP.
+    pub plain_http: bool,
+    /// `--ca-file`: extra CA certificates (PEM).
+    pub ca_files: Vec<PathBuf>,
+    /// `--tls-verify`: `Some(true)` forces verification even on loopback, `Some(false)` is `--insecure`.
+    pub verify: Option<bool>,
+}
+
+/// How to talk to one registry host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS with verification.
+    Https,
+    /// HTTPS without verification, falling back to HTTP if the server does not speak TLS.
+    InsecureHttps,
+    /// Plain HTTP.
+    Http,
+}
+
+impl TlsOptions {
+    /// The transport for `host` (with optional `:port`).
+    pub fn transport(&self, host: &str) -> Transport {
+        if self.plain_http {
+            Transport::Http
+        } else if self.verify == Some(true) {
+            Transport::Https
+        } else if self.insecure || self.verify == Some(false) || is_loopback_host(host) {
+            Transport::InsecureHttps
+        } else {
+            Transport::Https
+        }
+    }
+
+    /// The rustls configuration for `host`.
+    pub fn config(&self, host: &str, transport: &Transport) -> Result<TlsConfig> {
+        let mut builder = TlsConfig::builder();
+        if *transport == Transport::InsecureHttps {
+            builder = builder.disable_verification(true);
+        }
+        let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
+            // A missing SSL_CERT_FILE is ignored, as OpenSSL does; an unreadable one is an error.
+            let file = PathBuf::from(file);
+            if file.exists() {
+                roots.extend(read_certs(&file)?);
+            }
+        }
+        let mut client = None;
+        for dir in cert_dirs(host) {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            names.sort();
+            for path in names {
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("crt") => roots.extend(read_certs(&path)?),
+                    Some("cert") if client.is_none() => {
+                        let key = path.with_extension("key");
+                        if !key.exists() {
+                            return Err(Error::Tls(format!(
+                                "client certificate {} has no matching key {} (add it or remove the .cert)",
+                                path.display(),
+                                key.display()
+                            )));
+                        }
+                        client = Some(ClientCert::new_with_certs(&read_certs(&path)?, read_key(&key)?));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for file in &self.ca_files {
+            roots.extend(read_certs(file)?);
+        }
+        Ok(builder.root_certs(RootCerts::new_with_certs(&roots)).client_cert(client).build())
+    }
+}
+
+/// The certs.d directories consulted for `host`, in order.
+pub fn cert_dirs(host: &str) -> Vec<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let config_home = env("XDG_CONFIG_HOME").or_else(|| env("HOME").map(|h| h.join(".config")));
+    let mut dirs = vec![Path::new("/etc/docker/certs.d").join(host)];
+    if let Some(c) = &config_home {
+        dirs.push(c.join("docker/certs.d").join(host));
+    }
+    dirs.push(Path::new("/etc/containers/certs.d").join(host));
+    if let Some(c) = &config_home {
+        dirs.push(c.join("containers/certs.d").join(host));
+    }
+    dirs
+}
+
+fn read_certs(path: &Path) -> Result<Vec<Certificate<'static>>> {
+    let pem = fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(Error::Tls(format!("{} is not a valid PEM certificate file: {e}", path.display()))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
+    let pem = fs::read(path).map_err(|e| Error::io(path, "read key", e))?;
+    PrivateKey::from_pem(&pem)
+        .map_err(|e| Error::Tls(format!("{} is not a valid PEM private key: {e}", path.display())))
+}
+
+/// The error for a certificate the registry presented that we could not verify.
+pub fn verify_failed(host: &str, detail: &str) -> Error {
+    Error::Tls(format!(
+        "cannot verify the TLS certificate of {host} ({detail}); trust its CA with --ca-file CA.crt or by \
+         copying it to /etc/docker/certs.d/{host}/ca.crt, or skip verification with --insecure"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_rules() {
+        let default = TlsOptions::default();
+        assert_eq!(default.transport("registry.example.com"), Transport::Https);
+        assert_eq!(default.transport("127.0.0.1:5000"), Transport::InsecureHttps);
+        assert_eq!(default.transport("gitea.cnoe.localtest.me:8443"), Transport::InsecureHttps);
+        assert_eq!(default.transport("[::1]:5000"), Transport::InsecureHttps);
+        let verify = TlsOptions { verify: Some(true), ..Default::default() };
+        assert_eq!(verify.transport("127.0.0.1:5000"), Transport::Https);
+        let insecure = TlsOptions { insecure: true, ..Default::default() };
+        assert_eq!(insecure.transport("registry.example.com"), Transport::InsecureHttps);
+        let plain = TlsOptions { plain_http: true, ..Default::default() };
+        assert_eq!(plain.transport("registry.example.com"), Transport::Http);
+    }
+
+    #[test]
+    fn bad_ca_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("idpb-tls-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.crt");
+        fs::write(&f, "not a cert").unwrap();
+        let opts = TlsOptions { ca_files: vec![f.clone()], ..Default::default() };
+        let err = opts.config("example.com", &Transport::Https).unwrap_err().to_string();
+        assert!(err.contains("bad.crt") && err.contains("no PEM certificate"), "{err}");
+        let missing = TlsOptions { ca_files: vec![dir.join("missing.crt")], ..Default::default() };
+        assert!(missing.config("example.com", &Transport::Https).unwrap_err().to_string().contains("missing.crt"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
