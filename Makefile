@@ -6,7 +6,7 @@ APT_PACKAGES := docker-registry skopeo umoci nginx apache2-utils python3-jwt ope
 # A tool per package, to decide whether apt must run at all.
 APT_TOOLS := /usr/bin/docker-registry /usr/bin/skopeo /usr/bin/umoci /usr/sbin/nginx /usr/bin/htpasswd /usr/bin/openssl /usr/bin/curl
 
-.PHONY: all build release test unit integration lint fmt deps demo bench clean
+.PHONY: all build release test unit lint fmt deps demo bench clean
 
 all: build
 
@@ -40,6 +40,11 @@ fmt:
 
 bench: deps build
 	scripts/bench-build.sh
+	scripts/bench-push.sh
+
+# Starts a registry on loopback, pushes examples/hello, pulls it back with skopeo, stops the registry.
+demo: deps build
+	scripts/demo.sh
 
 clean:
 	$(CARGO) clean

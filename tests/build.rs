@@ -749,7 +749,8 @@ fn bad_inputs_fail_with_one_line_and_leave_no_image() {
     assert!(!tar_file.exists(), "no tar after a failed build: {output}");
 }
 
-/// An unreadable file. Root reads anything, so as root the binary runs as `nobody` through `setpriv`.
+/// An unreadable file. Root reads anything (mode 000 included), so as root the binary runs as `nobody`
+/// (uid 65534) through util-linux's `setpriv`; the temp dir's ancestors must then be traversable by others.
 #[test]
 fn unreadable_file_fails_naming_it_and_leaves_no_image() {
     let tmp = TempDir::new("build-unreadable");
@@ -777,6 +778,14 @@ fn unreadable_file_fails_naming_it_and_leaves_no_image() {
         assert_clean_error(&output, &[1], "secret.key");
         assert_no_image(&layout);
         assert!(!tar_file.exists(), "no tar after a failed build: {output}");
+        let leftovers: Vec<String> = fs::read_dir(&out_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "layout")
+            .collect();
+        assert!(leftovers.is_empty(), "no temp file left beside the tar: {leftovers:?}");
     }
 }
 
