@@ -1,22 +1,28 @@
 //! The `docker-idpb` binary: parse the command line, run it, print the one-line error if it fails.
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("docker-cli-plugin-metadata") {
+        // Asked by the docker CLI before every invocation: answer at once, touch nothing.
+        println!("{}", idpb::cli::plugin_metadata());
+        return;
+    }
     idpb::signal::install();
-    let args: Vec<String> = std::env::args().collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cli = match <idpb::cli::Cli as argh::FromArgs>::from_args(&["docker-idpb"], &strs[1..]) {
+    let inv = idpb::cli::argv::normalize(&argv);
+    let args: Vec<&str> = inv.args.iter().map(String::as_str).collect();
+    let cli = match <idpb::cli::Cli as argh::FromArgs>::from_args(&[idpb::cli::program_name(&inv)], &args) {
         Ok(cli) => cli,
         Err(early) => {
             if early.status.is_ok() {
                 print!("{}", early.output);
-                std::process::exit(0);
+                return;
             }
             eprint!("{}", early.output);
-            eprintln!("Run 'docker-idpb help' for usage.");
+            eprintln!("Run '{} --help' for usage.", idpb::cli::program_name(&inv));
             std::process::exit(2);
         }
     };
-    if let Err(e) = idpb::cli::run(cli) {
+    if let Err(e) = idpb::cli::run(cli, &inv) {
         eprintln!("docker-idpb: {e}");
         std::process::exit(e.exit_code());
     }

@@ -669,6 +669,15 @@ fn list_prints_layer_order_honours_dockerignore_and_builds_nothing() {
             assert!(at.is_some_and(|at| at < i), "{parent} is listed before {line}: {lines:?}");
         }
     }
+    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in &lines {
+        let path = line.trim_end_matches('/');
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        children.entry(parent).or_default().push(name);
+    }
+    for (parent, names) in &children {
+        assert!(names.is_sorted(), "the entries of {parent:?}/ are in byte order: {names:?}");
+    }
 
     // The listing is the layer, entry for entry.
     let layout = tmp.join("layout");

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::image::{ImageOptions, Platform, parse_command, parse_key_value, parse_port};
 use crate::layer::LayerOptions;
 
+pub mod argv;
 mod build;
 mod push;
 
@@ -300,11 +301,32 @@ pub trait ImageFlags {
     }
 }
 
+/// The Docker CLI plugin metadata, printed for `docker-cli-plugin-metadata`.
+pub fn plugin_metadata() -> String {
+    serde_json::json!({
+        "SchemaVersion": "0.1.0",
+        "Vendor": "docker-idpb",
+        "Version": env!("CARGO_PKG_VERSION"),
+        "ShortDescription": "Build a directory into an OCI image and push it, no daemon needed",
+    })
+    .to_string()
+}
+
+/// How usage lines name the program: `docker idpb` as a plugin, `docker-idpb` standalone.
+pub fn program_name(inv: &argv::Invocation) -> &'static str {
+    if inv.plugin { "docker idpb" } else { "docker-idpb" }
+}
+
 /// Runs the parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
     match cli.command {
         Command::Build(args) => build::run(args),
-        Command::Push(args) => push::run(args),
+        Command::Push(mut args) => {
+            if args.config.is_none() {
+                args.config = inv.docker_config.as_ref().map(PathBuf::from);
+            }
+            push::run(args)
+        }
         Command::Version(_) => {
             println!("docker-idpb {}", env!("CARGO_PKG_VERSION"));
             Ok(())
