@@ -204,3 +204,93 @@ bench_median_of() {
     *) bench_die "bench_median_of: unknown field $2" ;;
     esac
 }
+
+# bench_cells RESULTS: prints the "wall | CPU | peak RSS" cells of a markdown row (no outer pipes), each as
+# "median (min–max)", for rows whose other cells the caller builds.
+bench_cells() {
+    local s
+    read -ra s <<<"$(bench_stats "$1")"
+    awk -v wm="${s[0]}" -v w0="${s[1]}" -v w1="${s[2]}" -v cm="${s[3]}" -v c0="${s[4]}" -v c1="${s[5]}" \
+        -v rm="${s[6]}" -v r0="${s[7]}" -v r1="${s[8]}" \
+        'BEGIN { printf "%.2f (%.2f–%.2f) | %.2f (%.2f–%.2f) | %.1f (%.1f–%.1f)\n",
+                 wm, w0, w1, cm, c0, c1, rm, r0, r1 }'
+}
+
+# bench_rate RESULTS BYTES: prints BYTES in MiB per second of the median wall time of RESULTS.
+bench_rate() {
+    awk -v b="$2" -v w="$(bench_median_of "$1" wall)" 'BEGIN { printf "%.0f", b / 1048576 / w }'
+}
+
+# bench_combine OUT RESULTS...: for steps run one after the other, appends to OUT one line per run (line N
+# of each RESULTS) with wall, user and sys summed and the largest peak RSS: the pipeline as one command.
+bench_combine() {
+    local out=$1
+    shift
+    paste -d' ' "$@" | awk '{ w = u = s = m = 0
+        for (i = 1; i <= NF; i += 4) { w += $i; u += $(i + 1); s += $(i + 2); if ($(i + 3) > m) m = $(i + 3) }
+        printf "%.2f %.2f %.2f %d\n", w, u, s, m }' >>"$out"
+}
+
+# bench_median_file FILE: the median of the numbers in FILE, one a line.
+bench_median_file() {
+    sort -g "$1" | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+
+# bench_registry_start DIR: starts Debian's docker-registry (CNCF distribution) on a free 127.0.0.1 port,
+# plain HTTP, storage in DIR/storage, and waits until /v2/ answers. Writes DIR/config.yml, DIR/port and
+# DIR/pid; the access log (one line a request: method, path, status) goes to DIR/access.log, the rest to
+# DIR/registry.log. Call it in the script's own shell (not in $(...)) so the registry is its child, and
+# pair it with bench_registry_stop DIR, also from an EXIT trap.
+bench_registry_start() {
+    local dir=$1 port pid attempt i
+    mkdir -p "$dir/storage"
+    for attempt in 1 2 3; do
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        cat >"$dir/config.yml" <<YML
+version: 0.1
+log: {level: warn, accesslog: {disabled: false}}
+storage:
+  filesystem: {rootdirectory: $dir/storage}
+  delete: {enabled: true}
+http:
+  addr: 127.0.0.1:$port
+  secret: $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+YML
+        /usr/bin/docker-registry serve "$dir/config.yml" >"$dir/access.log" 2>"$dir/registry.log" &
+        pid=$!
+        echo "$pid" >"$dir/pid"
+        echo "$port" >"$dir/port"
+        for ((i = 0; i < 100; i++)); do
+            if curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null; then return 0; fi
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        bench_log "registry on 127.0.0.1:$port did not come up (attempt $attempt):"
+        tail -n 5 "$dir/registry.log" >&2
+        bench_registry_stop "$dir"
+    done
+    bench_die "could not start docker-registry"
+}
+
+# bench_registry_stop DIR: stops the registry that bench_registry_start DIR started, if it still runs.
+bench_registry_stop() {
+    local pid
+    [[ -f $1/pid ]] || return 0
+    pid=$(<"$1/pid")
+    rm -f -- "$1/pid"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+
+# bench_blob_puts LOG FROM_LINE: counts the completed blob uploads (PUT .../blobs/uploads/...?digest= with
+# 201) in a registry access log after line FROM_LINE.
+bench_blob_puts() {
+    tail -n +"$(($2 + 1))" "$1" | grep -c '"PUT /v2/[^ ]*/blobs/uploads/[^ ]*digest=[^ ]* HTTP/[0-9.]*" 201 ' || true
+}
+
+# bench_patches LOG FROM_LINE: counts the PATCH requests (upload chunks) after line FROM_LINE.
+bench_patches() {
+    tail -n +"$(($2 + 1))" "$1" | grep -c '"PATCH /v2/' || true
+}

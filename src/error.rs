@@ -54,11 +54,11 @@ impl Error {
         Error::Io { path: path.as_ref().to_path_buf(), action, source }
     }
 
-    /// The process exit code for this error: 130 for cancellation, 2 for usage, 1 otherwise.
+    /// The process exit code for this error: 130 for cancellation, 2 for usage (flags, names), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Cancelled => 130,
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::Reference { .. } => 2,
             _ => 1,
         }
     }

@@ -203,10 +203,15 @@ impl ImageOptions {
         let platform = self.platform.clone().unwrap_or_else(Platform::host);
         let created = rfc3339(epoch);
         let mut env: Vec<String> = Vec::new();
-        if !self.env.iter().any(|(k, _)| k == "PATH") {
-            env.push(DEFAULT_PATH.to_string());
+        env.push(DEFAULT_PATH.to_string());
+        // A repeated key replaces the earlier value in place, as Docker's ENV does.
+        for (k, v) in &self.env {
+            let entry = format!("{k}={v}");
+            match env.iter_mut().find(|e| e.split_once('=').map(|(ek, _)| ek) == Some(k.as_str())) {
+                Some(existing) => *existing = entry,
+                None => env.push(entry),
+            }
         }
-        env.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
         let exposed_ports = self.exposed_ports.iter().map(|p| (p.clone(), serde_json::Map::new())).collect();
         ImageConfig {
             created: Some(created.clone()),
@@ -338,6 +343,9 @@ mod tests {
         let back: ImageConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config);
         assert_eq!(back.config.env[0], DEFAULT_PATH);
+        opts.env.push(("PATH".into(), "/bin".into()));
+        opts.env.push(("X".into(), "2".into()));
+        assert_eq!(opts.config(vec![], 0).config.env, ["PATH=/bin", "X=2"]);
     }
 
     #[test]

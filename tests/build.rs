@@ -723,8 +723,10 @@ fn bad_inputs_fail_with_one_line_and_leave_no_image() {
     let cases: &[(&[&str], &[i32], &str)] = &[
         (&[&missing, "--oci-layout", &lay], &[1], "no-such-dir"),
         (&[&file, "--oci-layout", &lay], &[1], "hello.txt"),
-        (&[&ctx, "--oci-layout", &lay, "-t", "Upper/Case:1"], &[1, 2], "Upper/Case:1"),
-        (&[&ctx, "--oci-layout", &lay, "-t", "ok:bad tag"], &[1, 2], "ok:bad tag"),
+        (&[&ctx, "--oci-layout", &lay, "-t", "Upper/Case:1"], &[2], "Upper/Case:1"),
+        (&[&ctx, "--oci-layout", &lay, "-t", "ok:bad tag"], &[2], "ok:bad tag"),
+        (&[&ctx, "--oci-layout", &lay, "-t", &format!("a@sha256:{}", "0".repeat(64))], &[2], "digest"),
+        (&[&ctx, "--oci-layout", &lay, "--digest-file", "/nonexistent-dir/d"], &[2], "--digest-file"),
         (&[&ctx, "--oci-layout", &lay, "--platform", "linux"], &[2], "--platform"),
         (&[&ctx, "--oci-layout", &lay, "--platform", "linux/arm64/v8/extra"], &[2], "--platform"),
         (&[&ctx, "--oci-layout", &lay, "--env", "NO_EQUALS"], &[2], "NO_EQUALS"),

@@ -20,6 +20,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let image = args.image_options()?;
     let layer = args.layer_options()?;
     let names = names_for(&args.tag, &context_dir)?;
+    check_digest_file(args.digest_file.as_deref())?;
     if args.oci_layout.is_some() && args.tar.is_some() {
         return Err(Error::usage("--oci-layout and --tar are exclusive: build twice to get both"));
     }
@@ -49,7 +50,35 @@ pub(super) fn names_for(tags: &[String], context: &Path) -> Result<Vec<Reference
         let base = default_base_name(context);
         return Ok(vec![Reference::parse(&format!("{base}:latest"))?]);
     }
-    tags.iter().map(|t| Reference::parse(t)).collect()
+    tags.iter().map(|t| tag_name(t)).collect()
+}
+
+/// A `-t` value: a reference with a tag (or none, meaning latest) but no digest, which is an output of
+/// the build, not an input.
+pub(super) fn tag_name(t: &str) -> Result<Reference> {
+    let r = Reference::parse(t)?;
+    if r.digest.is_some() {
+        return Err(Error::Reference {
+            input: t.to_string(),
+            message: "-t names an image by tag, not by digest (the digest is computed); drop the @sha256:... part"
+                .to_string(),
+        });
+    }
+    Ok(r)
+}
+
+/// Fails early when `--digest-file` cannot be written, so no image is stored before the error.
+pub(super) fn check_digest_file(path: Option<&Path>) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::usage(format!(
+            "--digest-file {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The context directory's base name as a repository component ("My App" -> "my-app").

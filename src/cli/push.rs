@@ -9,7 +9,7 @@ use std::io::Read;
 
 use serde_json::json;
 
-use super::build::default_base_name;
+use super::build::{check_digest_file, default_base_name, tag_name};
 use super::{ImageFlags, PushArgs, parse_duration, parse_size, store_dir};
 use crate::credentials::Lookup;
 use crate::error::{Error, Result};
@@ -51,6 +51,7 @@ pub fn run(args: PushArgs) -> Result<()> {
     let lookup = credential_lookup(&args)?;
     let (source, default_name) = source(&args)?;
     let names = target_names(&args.tag, default_name.as_deref())?;
+    check_digest_file(args.digest_file.as_deref())?;
     let mut progress = Progress::new(args.quiet);
 
     // Group targets by registry host, keeping the order of first appearance.
@@ -220,7 +221,7 @@ fn source(args: &PushArgs) -> Result<(Source, Option<String>)> {
 /// `-t` values, or the idpbuilder default for `default_name` (a base name, or a full name from a layout).
 fn target_names(tags: &[String], default_name: Option<&str>) -> Result<Vec<Reference>> {
     if !tags.is_empty() {
-        return tags.iter().map(|t| Reference::parse(t)).collect();
+        return tags.iter().map(|t| tag_name(t)).collect();
     }
     let registry = env_or("IDPB_REGISTRY", IDPB_DEFAULT_REGISTRY);
     let owner = env_or("IDPB_OWNER", IDPB_DEFAULT_OWNER);
