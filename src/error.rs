@@ -39,6 +39,8 @@ pub enum Error {
     /// A registry lost an upload session (e.g. after a dropped acknowledgement); the blob must be sent again
     /// from its first byte. The pipeline handles it; users see it only when it keeps happening.
     UploadLost(String),
+    /// A registry refused chunked upload (PATCH); the blob must be sent as one PUT of known digest.
+    ChunkedRefused(String),
     /// The user interrupted the run (Ctrl-C, SIGTERM, or the docker CLI closed the plugin socket).
     Cancelled,
 }
@@ -89,7 +91,7 @@ impl fmt::Display for Error {
             Error::Layout(m) | Error::Registry(m) | Error::Auth(m) | Error::Tls(m) => {
                 write!(f, "{m}")
             }
-            Error::UploadLost(m) => write!(f, "{m}"),
+            Error::UploadLost(m) | Error::ChunkedRefused(m) => write!(f, "{m}"),
             Error::Cancelled => write!(f, "cancelled"),
         }
     }

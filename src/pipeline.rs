@@ -100,6 +100,7 @@ pub fn push_layer(
             Err(Error::UploadLost(why)) => {
                 return Err(Error::Registry(format!("{why}, {attempt} times in a row; giving up")));
             }
+            Err(Error::ChunkedRefused(why)) => break monolithic_layer(plan, sink, progress, &why)?,
             other => break other?,
         }
     };
@@ -108,6 +109,24 @@ pub fn push_layer(
         if LayerCache::fingerprint(&plan.context, &plan.layer)? == fp {
             cache.put(&fp, &digests);
         }
+    }
+    Ok(digests)
+}
+
+/// For a registry without chunked upload: one pass to learn digest and size, then a second streamed
+/// into a single PUT. Compressing twice keeps memory bounded, where buffering the blob would not.
+fn monolithic_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress, why: &str) -> Result<LayerDigests> {
+    progress.note(&format!("{why}; sending the layer as one request (compressing it twice to keep memory bounded)"));
+    let (_, digests) = write_layer(&plan.context, &plan.layer, std::io::sink(), &mut Skipped(Vec::new()))?;
+    if !sink.has_blob(&digests.digest)? {
+        let produce = |w: &mut dyn Write| -> Result<()> {
+            let (_, again) = write_layer(&plan.context, &plan.layer, w, &mut Skipped(Vec::new()))?;
+            if again.digest != digests.digest {
+                return Err(Error::Context("the context changed between two reads; push again".into()));
+            }
+            Ok(())
+        };
+        sink.put_blob_streamed(&digests.digest, digests.size, &produce)?;
     }
     Ok(digests)
 }
@@ -232,6 +251,13 @@ pub fn copy_from_layout(
             attempt += 1;
             match copy_blob(layout, &layer.digest, layer.size, sink, progress) {
                 Err(Error::UploadLost(why)) if attempt < 3 => progress.warn(&format!("{why}; sending it again")),
+                Err(Error::ChunkedRefused(_)) => {
+                    let produce = |w: &mut dyn Write| -> Result<()> {
+                        let mut f = layout.open_blob(&layer.digest)?;
+                        std::io::copy(&mut f, w).map(|_| ()).map_err(crate::layer::sink_error)
+                    };
+                    break sink.put_blob_streamed(&layer.digest, layer.size, &produce)?;
+                }
                 other => break other?,
             }
         }

@@ -22,6 +22,9 @@ pub trait BlobWriter: Write {
     fn abort(self: Box<Self>) -> Result<()>;
 }
 
+/// Writes a blob's bytes into the given writer; callable more than once, from another thread.
+pub type Produce<'a> = dyn Fn(&mut dyn Write) -> Result<()> + Sync + 'a;
+
 /// A manifest ready to be stored under one or more names.
 #[derive(Debug, Clone)]
 pub struct ManifestBlob {
@@ -45,13 +48,38 @@ pub trait Sink {
         if self.has_blob(digest)? {
             return Ok(false);
         }
-        let mut w = self.blob_writer()?;
-        if let Err(e) = w.write_all(bytes) {
-            let _ = w.abort();
-            return Err(crate::layer::sink_error(e));
+        let result = {
+            let mut w = self.blob_writer()?;
+            match w.write_all(bytes) {
+                Ok(()) => w.commit(digest, bytes.len() as u64),
+                Err(e) => {
+                    let _ = w.abort();
+                    Err(crate::layer::sink_error(e))
+                }
+            }
+        };
+        match result {
+            Err(crate::error::Error::ChunkedRefused(_)) => {
+                let produce = |w: &mut dyn Write| w.write_all(bytes).map_err(crate::layer::sink_error);
+                self.put_blob_streamed(digest, bytes.len() as u64, &produce)?;
+            }
+            other => other?,
         }
-        w.commit(digest, bytes.len() as u64)?;
         Ok(true)
+    }
+
+    /// Stores a blob of known digest and size whose bytes `produce` writes (and can write again: it is
+    /// deterministic). The default streams into a [`BlobWriter`]; a registry that refuses chunked uploads
+    /// overrides it with one monolithic PUT.
+    fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &Produce<'_>) -> Result<()> {
+        let mut w = self.blob_writer()?;
+        match produce(&mut w) {
+            Ok(()) => w.commit(digest, size),
+            Err(e) => {
+                let _ = w.abort();
+                Err(e)
+            }
+        }
     }
 
     /// Stores the manifest and names it `reference`. Every blob it points to is already committed.
@@ -158,6 +186,15 @@ impl Sink for Fanout<'_> {
             sent |= sink.put_blob(bytes, digest)?;
         }
         Ok(sent)
+    }
+
+    fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &Produce<'_>) -> Result<()> {
+        for (_, sink) in &mut self.sinks {
+            if !sink.has_blob(digest)? {
+                sink.put_blob_streamed(digest, size, produce)?;
+            }
+        }
+        Ok(())
     }
 
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {

@@ -562,6 +562,35 @@ impl Registry {
         Ok(Response { status, headers, body })
     }
 
+    /// One PUT whose body streams from `body` with a known length, no retries (the caller re-produces the
+    /// body to retry). Used for registries that refuse chunked uploads.
+    fn put_stream(&mut self, url: &str, repo: &str, size: u64, body: &mut dyn Read) -> Result<Response> {
+        let auth = self.authorization(Some(repo), false)?;
+        let url = self.resolve(url);
+        let mut builder = http::Request::builder()
+            .method("PUT")
+            .uri(&url)
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", size.to_string());
+        if let Some(a) = auth.filter(|_| url.starts_with("https://") || is_loopback_host(&self.host)) {
+            builder = builder.header("Authorization", a);
+        }
+        let request = builder
+            .body(ureq::SendBody::from_reader(body))
+            .map_err(|e| Error::Registry(format!("invalid request URL {}: {e}", path_of(&url))))?;
+        *self.sent.entry("PUT").or_default() += 1;
+        let mut resp = self.agent.run(request).map_err(|e| self.transport_error(&url, e))?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut text = Vec::new();
+        let _ = resp.body_mut().as_reader().take(MAX_BODY).read_to_end(&mut text);
+        Ok(Response { status, headers, body: text })
+    }
+
     fn transport_error(&self, url: &str, e: ureq::Error) -> Error {
         let host = &self.host;
         match &e {

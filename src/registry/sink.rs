@@ -114,6 +114,15 @@ impl Sink for RegistrySink {
         Ok(Box::new(SinkUpload { upload, report, present }))
     }
 
+    fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &crate::sink::Produce<'_>) -> Result<()> {
+        let first = self.repos[0].clone();
+        super::upload::put_monolithic(&mut self.registry, &first, digest, size, produce)?;
+        self.present.insert(digest.clone());
+        self.report.blobs_uploaded.push(digest.to_string());
+        self.report.bytes_uploaded += size;
+        Ok(())
+    }
+
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
         let repo = reference.repository.clone();
         // Blobs streamed into the first repository must be in this one too.

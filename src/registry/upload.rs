@@ -95,6 +95,14 @@ impl<'r> Upload<'r> {
                         self.resync()?;
                     }
                 }
+                Ok(resp) if matches!(resp.status, 405 | 501) => {
+                    // Registries without chunked upload (some proxies, Google Artifact Registry's legacy path).
+                    return Err(Error::ChunkedRefused(format!(
+                        "{} refused a chunked upload (PATCH answered {})",
+                        self.reg.host(),
+                        resp.status
+                    )));
+                }
                 Ok(resp) if resp.status == 404 => {
                     return Err(Error::UploadLost(format!(
                         "the registry dropped the upload session ({})",
@@ -206,6 +214,68 @@ impl<'r> Upload<'r> {
         let req = Request::new("DELETE", self.location.clone(), "cancel blob upload").repository(&self.repo);
         let auth = self.reg.authorization(Some(&self.repo), false).ok().flatten();
         let _ = self.reg.raw(&req, auth.as_deref());
+    }
+}
+
+/// Sends a blob of known digest as one PUT (for registries that refuse PATCH). The bytes are produced a
+/// second time into a pipe by a scoped thread rather than buffered: memory stays bounded whatever the blob
+/// size, at the cost of compressing the layer twice, which only these registries pay.
+pub fn put_monolithic(
+    reg: &mut Registry,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    produce: &crate::sink::Produce<'_>,
+) -> Result<()> {
+    let mut failures = 0;
+    loop {
+        let post = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
+            .repository(repo)
+            .header("Content-Length", "0");
+        let resp = reg.send(&post)?;
+        if resp.status != 202 {
+            return Err(reg.status_error(&post, &resp));
+        }
+        let loc = location(reg, &post, &resp)?;
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let url = format!("{loc}{sep}digest={digest}");
+        let (mut reader, mut writer) =
+            std::io::pipe().map_err(|e| Error::Registry(format!("cannot create pipe: {e}")))?;
+        let (sent, produced) = std::thread::scope(|scope| {
+            let producer = scope.spawn(move || {
+                let r = produce(&mut writer);
+                drop(writer);
+                r
+            });
+            let sent = reg.put_stream(&url, repo, size, &mut reader);
+            drop(reader);
+            let produced = producer.join().unwrap_or_else(|_| Err(Error::Registry("blob producer failed".into())));
+            (sent, produced)
+        });
+        let retryable = match &sent {
+            Ok(r) if r.status == 201 || r.status == 204 => {
+                produced?;
+                return Ok(());
+            }
+            Ok(r) => super::retryable_status(r.status),
+            Err(Error::Registry(_)) => true,
+            Err(_) => false,
+        };
+        if let Err(Error::Cancelled) = produced {
+            return Err(Error::Cancelled);
+        }
+        failures += 1;
+        if !retryable || failures >= reg.retry.attempts {
+            let req = Request::new("PUT", url, "upload blob in one request").repository(repo);
+            return Err(with_attempts(
+                match sent {
+                    Ok(r) => reg.status_error(&req, &r),
+                    Err(e) => e,
+                },
+                failures,
+            ));
+        }
+        reg.sleep(reg.retry.delay(failures))?;
     }
 }
 
