@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod gzip;
+pub mod idpbuilder;
 pub mod ignore;
 pub mod image;
 pub mod layer;

@@ -2,12 +2,23 @@
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
+    let program = argv.first().and_then(|p| std::path::Path::new(p).file_name()).and_then(|n| n.to_str());
+    if program == Some("docker-credential-idpb") {
+        // Installed under a helper's name: speak the docker-credential-helpers protocol.
+        let action = argv.get(1).map_or("", String::as_str);
+        if let Err(e) = idpb::cli::credential_helper(action) {
+            println!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if argv.get(1).map(String::as_str) == Some("docker-cli-plugin-metadata") {
         // Asked by the docker CLI before every invocation: answer at once, touch nothing.
         println!("{}", idpb::cli::plugin_metadata());
         return;
     }
     idpb::signal::install();
+    idpb::signal::watch_plugin_socket();
     let inv = idpb::cli::argv::normalize(&argv);
     let args: Vec<&str> = inv.args.iter().map(String::as_str).collect();
     let cli = match <idpb::cli::Cli as argh::FromArgs>::from_args(&[idpb::cli::program_name(&inv)], &args) {

@@ -16,6 +16,9 @@ use crate::layer::LayerOptions;
 
 pub mod argv;
 mod build;
+mod credential;
+mod inspect;
+mod login;
 mod push;
 
 /// Build a directory into an OCI image and push it to a registry, with no container runtime.
@@ -31,6 +34,12 @@ pub struct Cli {
 pub enum Command {
     Build(BuildArgs),
     Push(PushArgs),
+    Login(LoginArgs),
+    Logout(LogoutArgs),
+    Catalog(CatalogArgs),
+    Tags(TagsArgs),
+    Inspect(InspectArgs),
+    Credential(CredentialArgs),
     Version(VersionArgs),
 }
 
@@ -121,6 +130,72 @@ macro_rules! with_image_flags {
     };
 }
 
+/// Appends the registry connection flags (TLS, credentials, retries) to a command struct, then hands the
+/// struct to `$next` (another flag macro, or `plain!`).
+macro_rules! with_registry_flags {
+    ($next:ident! { $(#[$meta:meta])* pub struct $name:ident { $($body:tt)* } }) => {
+        $next! {
+            $(#[$meta])*
+            pub struct $name {
+                $($body)*
+                /// skip TLS verification and allow plain HTTP, for any registry
+                #[argh(switch)]
+                pub insecure: bool,
+                /// use plain HTTP
+                #[argh(switch)]
+                pub plain_http: bool,
+                /// trust the CA certificates in this PEM file (repeatable)
+                #[argh(option)]
+                pub ca_file: Vec<PathBuf>,
+                /// true: verify TLS even for loopback registries; false: same as --insecure
+                #[argh(option)]
+                pub tls_verify: Option<bool>,
+                /// registry user name (with --password-stdin)
+                #[argh(option, short = 'u')]
+                pub username: Option<String>,
+                /// read the registry password or token from stdin
+                #[argh(switch)]
+                pub password_stdin: bool,
+                /// retries per request on network errors and 408/429/5xx (default 5)
+                #[argh(option)]
+                pub retries: Option<u32>,
+                /// give up a request after retrying this long, e.g. 90s or 5m (default 2m)
+                #[argh(option)]
+                pub timeout: Option<String>,
+                /// docker config directory (like docker --config)
+                #[argh(option)]
+                pub config: Option<PathBuf>,
+            }
+        }
+
+        impl RegistryFlags for $name {
+            fn registry_flags(&self) -> RegistryFlagValues<'_> {
+                RegistryFlagValues {
+                    insecure: self.insecure,
+                    plain_http: self.plain_http,
+                    ca_file: &self.ca_file,
+                    tls_verify: self.tls_verify,
+                    username: self.username.as_deref(),
+                    password_stdin: self.password_stdin,
+                    retries: self.retries,
+                    timeout: self.timeout.as_deref(),
+                    config: self.config.as_deref(),
+                }
+            }
+            fn set_docker_config(&mut self, dir: Option<PathBuf>) {
+                if self.config.is_none() {
+                    self.config = dir;
+                }
+            }
+        }
+    };
+}
+
+/// The terminal of the flag macros: the struct as built.
+macro_rules! plain {
+    ($($t:tt)*) => { $($t)* };
+}
+
 with_image_flags! {
     /// Build a directory into an OCI image: an OCI layout, a docker-loadable tar, or the local store.
     #[derive(FromArgs, Debug)]
@@ -144,6 +219,7 @@ with_image_flags! {
     }
 }
 
+with_registry_flags! {
 with_image_flags! {
     /// Build a directory into an OCI image and stream it into a registry (or push an image built earlier).
     #[derive(FromArgs, Debug)]
@@ -162,37 +238,178 @@ with_image_flags! {
         /// the image to take from --oci-layout or the local store, NAME:TAG
         #[argh(option)]
         pub image: Option<String>,
-        /// skip TLS verification and allow plain HTTP, for any registry
-        #[argh(switch)]
-        pub insecure: bool,
-        /// use plain HTTP
-        #[argh(switch)]
-        pub plain_http: bool,
-        /// trust the CA certificates in this PEM file (repeatable)
-        #[argh(option)]
-        pub ca_file: Vec<PathBuf>,
-        /// true: verify TLS even for loopback registries; false: same as --insecure
-        #[argh(option)]
-        pub tls_verify: Option<bool>,
-        /// registry user name (with --password-stdin)
-        #[argh(option, short = 'u')]
-        pub username: Option<String>,
-        /// read the registry password or token from stdin
-        #[argh(switch)]
-        pub password_stdin: bool,
         /// upload chunk size, e.g. 8MiB (default 8MiB; smaller through proxies that limit body size)
         #[argh(option)]
         pub chunk_size: Option<String>,
-        /// retries per request on network errors and 408/429/5xx (default 5)
-        #[argh(option)]
-        pub retries: Option<u32>,
-        /// give up a request after retrying this long, e.g. 90s or 5m (default 2m)
-        #[argh(option)]
-        pub timeout: Option<String>,
-        /// docker config directory (like docker --config)
-        #[argh(option)]
-        pub config: Option<PathBuf>,
     }
+}
+}
+
+with_registry_flags! {
+plain! {
+    /// Log in to a registry: check the credentials, then save them in Docker's config.json (or its helper).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "login")]
+    pub struct LoginArgs {
+        /// the registry, HOST[:PORT]
+        #[argh(positional)]
+        pub host: String,
+    }
+}
+}
+
+/// Remove a registry's credentials from Docker's config.json (or its helper).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "logout")]
+pub struct LogoutArgs {
+    /// the registry, HOST[:PORT]
+    #[argh(positional)]
+    pub host: String,
+    /// docker config directory (like docker --config)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+}
+
+with_registry_flags! {
+plain! {
+    /// List a registry's repositories (default: idpbuilder's Gitea).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "catalog")]
+    pub struct CatalogArgs {
+        /// the registry, HOST[:PORT]
+        #[argh(positional)]
+        pub host: Option<String>,
+        /// output format: text (default) or json
+        #[argh(option, default = "String::from(\"text\")")]
+        pub format: String,
+        /// no notes on stderr
+        #[argh(switch, short = 'q')]
+        pub quiet: bool,
+    }
+}
+}
+
+with_registry_flags! {
+plain! {
+    /// List the tags of a repository, HOST/NAME.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "tags")]
+    pub struct TagsArgs {
+        /// the repository, HOST/OWNER/NAME
+        #[argh(positional)]
+        pub repository: String,
+        /// output format: text (default) or json
+        #[argh(option, default = "String::from(\"text\")")]
+        pub format: String,
+        /// no notes on stderr
+        #[argh(switch, short = 'q')]
+        pub quiet: bool,
+    }
+}
+}
+
+with_registry_flags! {
+plain! {
+    /// Show an image's manifest and config (each platform of an index).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "inspect")]
+    pub struct InspectArgs {
+        /// the image, HOST/OWNER/NAME[:TAG|@DIGEST]
+        #[argh(positional)]
+        pub reference: String,
+        /// output format: text (default) or json
+        #[argh(option, default = "String::from(\"text\")")]
+        pub format: String,
+        /// no notes on stderr
+        #[argh(switch, short = 'q')]
+        pub quiet: bool,
+    }
+}
+}
+
+/// Answer the docker credential helper protocol for idpbuilder's Gitea (get, list, store, erase).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "credential")]
+pub struct CredentialArgs {
+    /// get, list, store or erase
+    #[argh(positional)]
+    pub action: String,
+}
+
+/// The registry flags, borrowed from whichever command declared them.
+pub struct RegistryFlagValues<'a> {
+    pub insecure: bool,
+    pub plain_http: bool,
+    pub ca_file: &'a [PathBuf],
+    pub tls_verify: Option<bool>,
+    pub username: Option<&'a str>,
+    pub password_stdin: bool,
+    pub retries: Option<u32>,
+    pub timeout: Option<&'a str>,
+    pub config: Option<&'a std::path::Path>,
+}
+
+/// Commands that talk to registries.
+pub trait RegistryFlags {
+    fn registry_flags(&self) -> RegistryFlagValues<'_>;
+    fn set_docker_config(&mut self, dir: Option<PathBuf>);
+
+    /// TLS and retry options, validated.
+    fn connect_options(&self) -> Result<crate::registry::ConnectOptions> {
+        let f = self.registry_flags();
+        if f.plain_http && f.tls_verify == Some(true) {
+            return Err(Error::usage("--plain-http and --tls-verify=true contradict each other: choose one"));
+        }
+        let mut retry = crate::registry::RetryPolicy::default();
+        if let Some(n) = f.retries {
+            retry.attempts = n.saturating_add(1);
+        }
+        if let Some(t) = f.timeout {
+            retry.budget = parse_duration("--timeout", t)?;
+        }
+        for file in f.ca_file {
+            if !file.is_file() {
+                return Err(Error::usage(format!("--ca-file {}: no such file", file.display())));
+            }
+        }
+        let tls = crate::tls::TlsOptions {
+            insecure: f.insecure,
+            plain_http: f.plain_http,
+            ca_files: f.ca_file.to_vec(),
+            verify: f.tls_verify,
+        };
+        Ok(crate::registry::ConnectOptions { tls, retry, request_timeout: None })
+    }
+
+    /// Where credentials come from; reads the password from stdin for `--password-stdin`.
+    fn credential_lookup(&self) -> Result<crate::credentials::Lookup> {
+        let f = self.registry_flags();
+        let password = match (f.username, f.password_stdin) {
+            (Some(_), true) => Some(read_password_stdin()?),
+            (None, true) => return Err(Error::usage("--password-stdin needs -u USER")),
+            (Some(_), false) => {
+                return Err(Error::usage("-u USER needs --password-stdin (passwords are never taken as arguments)"));
+            }
+            (None, false) => None,
+        };
+        Ok(crate::credentials::Lookup {
+            username: f.username.map(str::to_string),
+            password,
+            config_dir: f.config.map(PathBuf::from),
+        })
+    }
+}
+
+/// The password or token piped into stdin, without its trailing newline.
+pub fn read_password_stdin() -> Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| Error::io("stdin", "read", e))?;
+    let p = s.trim_end_matches(['\n', '\r']).to_string();
+    if p.is_empty() {
+        return Err(Error::usage("--password-stdin: stdin was empty; pipe the password or token into it"));
+    }
+    Ok(p)
 }
 
 /// The shared image flags, borrowed from whichever command declared them.
@@ -312,6 +529,11 @@ pub fn plugin_metadata() -> String {
     .to_string()
 }
 
+/// The credential helper protocol, for the binary installed as `docker-credential-idpb`.
+pub fn credential_helper(action: &str) -> Result<()> {
+    credential::run(action)
+}
+
 /// How usage lines name the program: `docker idpb` as a plugin, `docker-idpb` standalone.
 pub fn program_name(inv: &argv::Invocation) -> &'static str {
     if inv.plugin { "docker idpb" } else { "docker-idpb" }
@@ -319,14 +541,36 @@ pub fn program_name(inv: &argv::Invocation) -> &'static str {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
+    let docker_config = inv.docker_config.as_ref().map(PathBuf::from);
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Push(mut args) => {
-            if args.config.is_none() {
-                args.config = inv.docker_config.as_ref().map(PathBuf::from);
-            }
+            args.set_docker_config(docker_config);
             push::run(args)
         }
+        Command::Login(mut args) => {
+            args.set_docker_config(docker_config);
+            login::login(args)
+        }
+        Command::Logout(mut args) => {
+            if args.config.is_none() {
+                args.config = docker_config;
+            }
+            login::logout(args)
+        }
+        Command::Catalog(mut args) => {
+            args.set_docker_config(docker_config);
+            inspect::catalog(args)
+        }
+        Command::Tags(mut args) => {
+            args.set_docker_config(docker_config);
+            inspect::tags(args)
+        }
+        Command::Inspect(mut args) => {
+            args.set_docker_config(docker_config);
+            inspect::inspect(args)
+        }
+        Command::Credential(args) => credential::run(&args.action),
         Command::Version(_) => {
             println!("docker-idpb {}", env!("CARGO_PKG_VERSION"));
             Ok(())

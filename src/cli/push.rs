@@ -5,27 +5,21 @@
 //! several hosts are fed from one stream through a [`Fanout`], so the context is read and compressed once
 //! whatever the number of tags.
 
-use std::io::Read;
-
 use serde_json::json;
 
 use super::build::{check_digest_file, default_base_name, tag_name};
-use super::{ImageFlags, PushArgs, parse_duration, parse_size, store_dir};
-use crate::credentials::Lookup;
+use super::{ImageFlags, PushArgs, RegistryFlags, parse_size, store_dir};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::pipeline::{self, Plan};
 use crate::progress::Progress;
 use crate::reference::{Reference, sanitize_repository_component};
+use crate::registry::Registry;
 use crate::registry::sink::{DEFAULT_CHUNK, PushReport, RegistrySink};
-use crate::registry::{ConnectOptions, Registry, RetryPolicy};
 use crate::sink::{Fanout, ManifestBlob, Sink};
-use crate::tls::TlsOptions;
 use crate::walk::Context;
 
-/// idpbuilder's Gitea registry and admin user: the default target.
-pub const IDPB_DEFAULT_REGISTRY: &str = "gitea.cnoe.localtest.me:8443";
-pub const IDPB_DEFAULT_OWNER: &str = "giteaadmin";
+use crate::idpbuilder::{DEFAULT_OWNER as IDPB_DEFAULT_OWNER, DEFAULT_REGISTRY as IDPB_DEFAULT_REGISTRY};
 
 /// Where the image comes from.
 enum Source {
@@ -35,7 +29,7 @@ enum Source {
 
 pub fn run(args: PushArgs) -> Result<()> {
     let json = args.json()?;
-    let connect = connect_options(&args)?;
+    let connect = args.connect_options()?;
     let chunk = match &args.chunk_size {
         None => DEFAULT_CHUNK,
         Some(s) => {
@@ -48,7 +42,7 @@ pub fn run(args: PushArgs) -> Result<()> {
             n as usize
         }
     };
-    let lookup = credential_lookup(&args)?;
+    let lookup = args.credential_lookup()?;
     let (source, default_name) = source(&args)?;
     let names = target_names(&args.tag, default_name.as_deref())?;
     check_digest_file(args.digest_file.as_deref())?;
@@ -66,7 +60,11 @@ pub fn run(args: PushArgs) -> Result<()> {
     }
     let mut sinks = Vec::new();
     for (host, repos) in hosts {
-        let credential = lookup.find(&host)?;
+        let mut credential = lookup.find(&host)?;
+        if credential.is_none() && crate::idpbuilder::serves(&host) {
+            // idpbuilder's Gitea: its admin credentials from the cluster, no `docker login` needed.
+            credential = crate::idpbuilder::gitea_credentials().ok().flatten();
+        }
         let registry = Registry::connect(&host, credential, &connect, &mut progress)?;
         sinks.push(RegistrySink::new(registry, repos, chunk));
     }
@@ -138,52 +136,6 @@ fn push_into(
             Ok((pipeline::copy_from_layout(layout, &desc, sink, names, progress)?, None))
         }
     }
-}
-
-fn connect_options(args: &PushArgs) -> Result<ConnectOptions> {
-    if args.plain_http && args.tls_verify == Some(true) {
-        return Err(Error::usage("--plain-http and --tls-verify=true contradict each other: choose one"));
-    }
-    let mut retry = RetryPolicy::default();
-    if let Some(n) = args.retries {
-        retry.attempts = n.saturating_add(1);
-    }
-    if let Some(t) = &args.timeout {
-        retry.budget = parse_duration("--timeout", t)?;
-    }
-    let tls = TlsOptions {
-        insecure: args.insecure,
-        plain_http: args.plain_http,
-        ca_files: args.ca_file.clone(),
-        verify: args.tls_verify,
-    };
-    for f in &tls.ca_files {
-        if !f.is_file() {
-            return Err(Error::usage(format!("--ca-file {}: no such file", f.display())));
-        }
-    }
-    Ok(ConnectOptions { tls, retry, request_timeout: None })
-}
-
-fn credential_lookup(args: &PushArgs) -> Result<Lookup> {
-    let password = if args.password_stdin {
-        if args.username.is_none() {
-            return Err(Error::usage("--password-stdin needs -u USER"));
-        }
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| Error::io("stdin", "read", e))?;
-        let p = s.trim_end_matches(['\n', '\r']).to_string();
-        if p.is_empty() {
-            return Err(Error::usage("--password-stdin: stdin was empty; pipe the password or token into it"));
-        }
-        Some(p)
-    } else {
-        if args.username.is_some() {
-            return Err(Error::usage("-u USER needs --password-stdin (passwords are never taken as arguments)"));
-        }
-        None
-    };
-    Ok(Lookup { username: args.username.clone(), password, config_dir: args.config.clone() })
 }
 
 /// The image source, and the repository name to use when no `-t` is given.

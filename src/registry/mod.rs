@@ -26,6 +26,7 @@ use crate::reference::is_loopback_host;
 use crate::signal;
 use crate::tls::{TlsOptions, Transport, verify_failed};
 
+pub mod read;
 pub mod sink;
 pub mod upload;
 
@@ -88,11 +89,22 @@ pub struct Request<'a> {
     pub what: &'static str,
     /// Whether `send` may retry it; false when the caller handles recovery (chunk PATCHes).
     pub retry: bool,
+    /// A catalog request (scope `registry:catalog:*`) rather than one outside any scope (the ping).
+    pub catalog: bool,
 }
 
 impl<'a> Request<'a> {
     pub fn new(method: &'static str, url: impl Into<String>, what: &'static str) -> Request<'a> {
-        Request { method, url: url.into(), headers: Vec::new(), body: &[], repository: None, what, retry: true }
+        Request {
+            method,
+            url: url.into(),
+            headers: Vec::new(),
+            body: &[],
+            repository: None,
+            what,
+            retry: true,
+            catalog: false,
+        }
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {

@@ -13,6 +13,8 @@
 //! search takes as an argument, which is what lets the tests exercise `PATH`, `HOME` and the variables
 //! without touching the process's own environment.
 
+pub mod store;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;

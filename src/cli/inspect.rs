@@ -1,0 +1,143 @@
+//! `docker-idpb catalog`, `tags` and `inspect`: reading a registry with push's auth and TLS.
+
+use serde_json::{Value, json};
+
+use super::{CatalogArgs, InspectArgs, RegistryFlags, TagsArgs};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::idpbuilder::normalize_host;
+use crate::image::{ImageConfig, Index, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_INDEX, Manifest};
+use crate::progress::Progress;
+use crate::reference::Reference;
+use crate::registry::Registry;
+
+fn connect(flags: &dyn RegistryFlags, host: &str, quiet: bool) -> Result<Registry> {
+    let connect = flags.connect_options()?;
+    let lookup = flags.credential_lookup()?;
+    let mut credential = lookup.find(host)?;
+    if credential.is_none() && crate::idpbuilder::serves(host) {
+        credential = crate::idpbuilder::gitea_credentials().ok().flatten();
+    }
+    Registry::connect(host, credential, &connect, &mut Progress::new(quiet))
+}
+
+fn json_format(format: &str) -> Result<bool> {
+    match format {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        other => Err(Error::usage(format!("invalid --format {other:?}: use text or json"))),
+    }
+}
+
+pub fn catalog(args: CatalogArgs) -> Result<()> {
+    let json = json_format(&args.format)?;
+    let host = normalize_host(args.host.as_deref().unwrap_or(crate::idpbuilder::DEFAULT_REGISTRY));
+    let repos = connect(&args, &host, args.quiet)?.catalog()?;
+    if json {
+        println!("{}", json!({ "repositories": repos }));
+    } else {
+        for r in repos {
+            println!("{r}");
+        }
+    }
+    Ok(())
+}
+
+pub fn tags(args: TagsArgs) -> Result<()> {
+    let json = json_format(&args.format)?;
+    let reference = Reference::parse(&args.repository)?;
+    let tags = connect(&args, reference.api_host(), args.quiet)?.tags(&reference.repository)?;
+    if json {
+        println!("{}", json!({ "name": reference.repo_name(), "tags": tags }));
+    } else {
+        for t in tags {
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let json = json_format(&args.format)?;
+    let reference = Reference::parse(&args.reference)?;
+    let mut reg = connect(&args, reference.api_host(), args.quiet)?;
+    let repo = reference.repository.clone();
+    let wanted = reference.digest.clone().unwrap_or_else(|| reference.tag_or_latest().to_string());
+    let (bytes, media_type) = reg.get_manifest(&repo, &wanted)?;
+    let digest = Digest::of(&bytes);
+    let raw: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Registry(format!("{reference} has a manifest that is not JSON: {e}")))?;
+    let media_type = raw.get("mediaType").and_then(Value::as_str).map(str::to_string).unwrap_or(media_type);
+    let out = if media_type == MEDIA_TYPE_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST {
+        let index: Index = serde_json::from_value(raw.clone())
+            .map_err(|e| Error::Registry(format!("{reference}: invalid index: {e}")))?;
+        let mut platforms = Vec::new();
+        for m in &index.manifests {
+            let (mbytes, _) = reg.get_manifest(&repo, m.digest.as_str())?;
+            platforms.push(describe_image(&mut reg, &repo, &mbytes, m.platform.as_ref().map(|p| p.to_string()))?);
+        }
+        json!({"name": reference.to_string(), "digest": digest, "mediaType": media_type, "manifests": platforms})
+    } else {
+        let mut v = describe_image(&mut reg, &repo, &bytes, None)?;
+        v["name"] = json!(reference.to_string());
+        v["digest"] = json!(digest);
+        v
+    };
+    if json {
+        println!("{out}");
+    } else {
+        print_text(&out, "");
+    }
+    Ok(())
+}
+
+/// Manifest + config of one image as JSON.
+fn describe_image(reg: &mut Registry, repo: &str, manifest_bytes: &[u8], platform: Option<String>) -> Result<Value> {
+    let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+        .map_err(|e| Error::Registry(format!("invalid image manifest in {repo}: {e}")))?;
+    let config_bytes = reg.get_blob(repo, &manifest.config.digest)?;
+    let config: ImageConfig = serde_json::from_slice(&config_bytes)
+        .map_err(|e| Error::Registry(format!("invalid image config in {repo}: {e}")))?;
+    let size: u64 = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+    Ok(json!({
+        "digest": Digest::of(manifest_bytes),
+        "mediaType": manifest.media_type,
+        "platform": platform.unwrap_or_else(|| {
+            let mut p = format!("{}/{}", config.os, config.architecture);
+            if let Some(v) = &config.variant { p.push('/'); p.push_str(v); }
+            p
+        }),
+        "size": size,
+        "created": config.created,
+        "config": config.config,
+        "layers": manifest.layers,
+        "annotations": manifest.annotations,
+    }))
+}
+
+fn print_text(v: &Value, indent: &str) {
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            match val {
+                Value::Object(_) => {
+                    println!("{indent}{k}:");
+                    print_text(val, &format!("{indent}  "));
+                }
+                Value::Array(items) => {
+                    println!("{indent}{k}:");
+                    for item in items {
+                        if item.is_object() {
+                            println!("{indent}  -");
+                            print_text(item, &format!("{indent}    "));
+                        } else {
+                            println!("{indent}  - {}", item.as_str().map_or_else(|| item.to_string(), str::to_string));
+                        }
+                    }
+                }
+                Value::String(s) => println!("{indent}{k}: {s}"),
+                Value::Null => {}
+                other => println!("{indent}{k}: {other}"),
+            }
+        }
+    }
+}
