@@ -6,7 +6,7 @@ APT_PACKAGES := docker-registry skopeo umoci nginx apache2-utils python3-jwt ope
 # A tool per package, to decide whether apt must run at all.
 APT_TOOLS := /usr/bin/docker-registry /usr/bin/skopeo /usr/bin/umoci /usr/sbin/nginx /usr/bin/htpasswd /usr/bin/openssl /usr/bin/curl
 
-.PHONY: all build release test unit lint fmt deps demo bench clean
+.PHONY: all build release test unit lint fmt deps demo bench clean install uninstall static image
 
 all: build
 
@@ -45,6 +45,36 @@ bench: deps build
 # Starts a registry on loopback, pushes examples/hello, pulls it back with skopeo, stops the registry.
 demo: deps build
 	scripts/demo.sh
+
+# The Docker CLI plugin and the credential helper (see plugins/README.md).
+install: build
+	plugins/install.sh $(BIN)
+
+uninstall:
+	plugins/install.sh --uninstall
+
+# A fully static x86_64 binary at dist/docker-idpb (glibc 2.34+ resolves hosts without NSS modules).
+STATIC_TARGET := x86_64-unknown-linux-gnu
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(STATIC_TARGET)
+	mkdir -p dist
+	cp target/$(STATIC_TARGET)/release/docker-idpb dist/docker-idpb
+	@ls -l dist/docker-idpb | awk '{printf "dist/docker-idpb: %d bytes\n", $$5}'
+	@file dist/docker-idpb 2>/dev/null || true
+
+# docker-idpb as a scratch image, built by docker-idpb: into dist/image (OCI layout), or pushed to
+# IMAGE=HOST/OWNER/NAME:TAG when given.
+IMAGE ?=
+image: static
+	rm -rf dist/image-root && mkdir -p dist/image-root/etc/ssl/certs
+	cp dist/docker-idpb dist/image-root/docker-idpb
+	cp /etc/ssl/certs/ca-certificates.crt dist/image-root/etc/ssl/certs/ca-certificates.crt
+	if [ -n "$(IMAGE)" ]; then \
+	  dist/docker-idpb push dist/image-root -t $(IMAGE) --entrypoint '["/docker-idpb"]' --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt; \
+	else \
+	  dist/docker-idpb build dist/image-root -t docker-idpb:$$(dist/docker-idpb version | cut -d" " -f2) --oci-layout dist/image \
+	    --entrypoint '["/docker-idpb"]' --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt; \
+	fi
 
 clean:
 	$(CARGO) clean

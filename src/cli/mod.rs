@@ -357,8 +357,9 @@ pub trait RegistryFlags {
     /// TLS and retry options, validated.
     fn connect_options(&self) -> Result<crate::registry::ConnectOptions> {
         let f = self.registry_flags();
-        if f.plain_http && f.tls_verify == Some(true) {
-            return Err(Error::usage("--plain-http and --tls-verify=true contradict each other: choose one"));
+        if (f.plain_http || f.insecure) && f.tls_verify == Some(true) {
+            let other = if f.plain_http { "--plain-http" } else { "--insecure" };
+            return Err(Error::usage(format!("{other} and --tls-verify=true contradict each other: choose one")));
         }
         let mut retry = crate::registry::RetryPolicy::default();
         if let Some(n) = f.retries {

@@ -605,9 +605,19 @@ impl Registry {
 
     fn transport_error(&self, url: &str, e: ureq::Error) -> Error {
         let host = &self.host;
+        // ureq reports handshake failures either directly or as an io::Error wrapping the rustls error.
+        let rustls_err = match &e {
+            ureq::Error::Rustls(r) => Some(r.clone()),
+            ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).cloned(),
+            _ => None,
+        };
+        if let Some(rustls::Error::InvalidCertificate(c)) = &rustls_err {
+            return verify_failed(host, &format!("{c:?}"));
+        }
+        if let Some(other) = rustls_err {
+            return Error::Tls(format!("TLS with {host} failed: {other}"));
+        }
         match &e {
-            ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => verify_failed(host, &format!("{c:?}")),
-            ureq::Error::Rustls(other) => Error::Tls(format!("TLS with {host} failed: {other}")),
             ureq::Error::Tls(m) => Error::Tls(format!("TLS with {host} failed: {m}")),
             ureq::Error::HostNotFound => {
                 Error::Registry(format!("cannot resolve {} (check the registry name and your DNS)", path_host(url)))

@@ -18,7 +18,9 @@
 #![allow(dead_code)]
 
 pub mod context;
+pub mod faults;
 pub mod http;
+pub mod nginx;
 pub mod peers;
 pub mod process;
 pub mod registry;
@@ -28,7 +30,11 @@ pub mod tree;
 #[allow(unused_imports)]
 pub use context::{RANDOM_FILE_SIZE, make_rich_context, pseudo_random_bytes};
 #[allow(unused_imports)]
+pub use faults::*;
+#[allow(unused_imports)]
 pub use http::{HttpResponse, base64, basic_auth, curl_get, curl_request, fetch, http_get, http_request, try_fetch};
+#[allow(unused_imports)]
+pub use nginx::*;
 #[allow(unused_imports)]
 pub use peers::{
     skopeo_copy_to_oci, skopeo_inspect_config, skopeo_inspect_layout_config, skopeo_inspect_raw, skopeo_push_oci,
