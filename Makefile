@@ -25,7 +25,8 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
-test: deps lint
+# Unit and integration tests (the static-binary test needs dist/docker-idpb, hence `static`).
+test: deps lint static
 	$(CARGO) test --all-targets -- --test-threads=2
 
 unit:

@@ -56,8 +56,7 @@ fn push_with(cmd: &mut IdpbCommand, host: &str, context: &Path, tag: &str, extra
         .arg("-t")
         .arg(format!("{host}/{tag}"))
         .args(["--plain-http", "--no-cache", "-q"])
-        .args(extra)
-        .timeout(Duration::from_secs(240));
+        .args(extra);
     let started = Instant::now();
     let output = cmd.run();
     Pushed { output, elapsed: started.elapsed() }
@@ -235,6 +234,13 @@ fn gitea_mode_enforces_its_conventions() {
 // ---------------------------------------------------------------------------------------------------------
 // Each fault kind on each step of a push: POST (open a session), PATCH (a chunk), PUT ?digest= (finish a
 // blob) and the manifest PUT. The first POST and the first finishing PUT are the layer's.
+
+#[test]
+fn ping_503_is_retried() {
+    // The first request of every push is `GET /v2/`; a 503 there is as transient as anywhere else.
+    let setup = Setup::new(15, SMALL_CONTEXT);
+    setup.assert_survives_rule(Rule::nth("GET", "/v2/", 1, unavailable()));
+}
 
 #[test]
 fn post_503_is_retried_after_retry_after() {
@@ -433,6 +439,36 @@ fn post_always_503_fails_within_the_bound_naming_operation_status_and_attempts()
     assert_eq!(proxy.count("POST", UPLOADS), 3, "one try and two retries:\n{log}");
     assert_eq!(proxy.count("PUT", MANIFESTS), 0, "{log}");
     eprintln!("POST always 503: gave up in {:.1?}: {}", pushed.elapsed, pushed.output.stderr.trim());
+}
+
+#[test]
+fn retry_after_longer_than_the_timeout_does_not_stretch_it() {
+    let registry = Registry::start(RegistryMode::Http);
+    let context = TempDir::new("reliability-context");
+    random_context(context.path(), 34, MIB);
+    let busy = unavailable().with_header("Retry-After", "60");
+    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(Rule::every("POST", UPLOADS, busy)));
+    let pushed = push(&proxy.host(), context.path(), &["--retries", "2", "--timeout", "5s"]);
+    let log = proxy.log();
+    assert_one_line_error(&pushed.output, &["start blob upload", "503"], &log);
+    assert!(pushed.elapsed < Duration::from_secs(15), "--timeout 5s, gave up after {:?}:\n{log}", pushed.elapsed);
+}
+
+#[test]
+fn registry_that_never_answers_fails_within_the_timeout_bound() {
+    // Accepts every chunk and never answers: `--timeout` must bound the wait, not only the retries.
+    let registry = Registry::start(RegistryMode::Http);
+    let context = TempDir::new("reliability-context");
+    random_context(context.path(), 35, MIB);
+    let hang = Rule::every("PATCH", UPLOADS, Fault::Delay(Duration::from_secs(120)));
+    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(hang));
+    let mut cmd = IdpbCommand::new();
+    // Killed (and the test failed by `run`) if still waiting after 30 s.
+    cmd.timeout(Duration::from_secs(30));
+    let pushed = push_with(&mut cmd, &proxy.host(), context.path(), REPO_TAG, &["--retries", "1", "--timeout", "5s"]);
+    let log = proxy.log();
+    assert_one_line_error(&pushed.output, &["upload blob chunk"], &log);
+    assert!(pushed.elapsed < Duration::from_secs(20), "--timeout 5s, gave up after {:?}:\n{log}", pushed.elapsed);
 }
 
 #[test]

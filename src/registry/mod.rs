@@ -134,6 +134,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// How many attempts `send` made to get it.
+    pub attempts: u32,
 }
 
 impl Response {
@@ -228,11 +230,15 @@ pub struct Registry {
     scheme: AuthScheme,
     tokens: HashMap<String, String>,
     retry: RetryPolicy,
+    /// How long one request may take before it is abandoned.
+    request_timeout: Duration,
     /// Requests sent, by method, for the JSON report and tests.
     pub sent: HashMap<&'static str, u64>,
 }
 
 const MAX_BODY: u64 = 16 * 1024 * 1024;
+/// How long a cancelled run still waits for the answer of the request in flight.
+const CANCEL_GRACE: Duration = Duration::from_millis(500);
 
 impl Registry {
     /// Connects to `host` (pinging `/v2/`), choosing the transport and learning the auth scheme.
@@ -244,7 +250,8 @@ impl Registry {
     ) -> Result<Registry> {
         let transport = opts.tls.transport(host);
         let tls = opts.tls.config(host, &transport)?;
-        let timeout = opts.request_timeout.unwrap_or(Duration::from_secs(60));
+        // A request may take at most a minute, and never longer than the whole retry budget.
+        let timeout = opts.request_timeout.unwrap_or(Duration::from_secs(60)).min(opts.retry.budget);
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .tls_config(tls)
@@ -265,6 +272,7 @@ impl Registry {
             scheme: AuthScheme::None,
             tokens: HashMap::new(),
             retry: opts.retry.clone(),
+            request_timeout: timeout,
             sent: HashMap::new(),
         };
         let schemes: &[&str] = match transport {
@@ -275,7 +283,7 @@ impl Registry {
         let mut last_err = None;
         for scheme in schemes {
             reg.base = format!("{scheme}://{host}");
-            match reg.ping() {
+            match reg.ping(*scheme == *schemes.last().unwrap_or(scheme)) {
                 Ok(()) => {
                     if transport == Transport::InsecureHttps {
                         let how =
@@ -307,10 +315,31 @@ impl Registry {
         self.credential.as_ref()
     }
 
-    /// `GET /v2/` without retries: which scheme works, and which auth the registry wants.
-    fn ping(&mut self) -> Result<()> {
+    /// `GET /v2/`: which scheme works, and which auth the registry wants. Busy answers (503...) are
+    /// retried; transport errors only on the last scheme tried (on the first, they mean "try HTTP").
+    fn ping(&mut self, last_scheme: bool) -> Result<()> {
         let url = format!("{}/v2/", self.base);
-        let resp = self.raw(&Request::new("GET", url, "ping"), None)?;
+        let req = Request::new("GET", url, "registry ping");
+        let started = Instant::now();
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            let left = self.retry.budget.saturating_sub(started.elapsed());
+            let can_retry = attempt < self.retry.attempts && !left.is_zero();
+            match self.raw(&req, None) {
+                Ok(r) if retryable_status(r.status) && can_retry && retry_delay(&r, &self.retry, attempt) < left => {
+                    self.sleep(retry_delay(&r, &self.retry, attempt))?;
+                }
+                Ok(r) => break Response { attempts: attempt, ..r },
+                Err(Error::Registry(_)) if last_scheme && can_retry && self.retry.delay(attempt) < left => {
+                    self.sleep(self.retry.delay(attempt))?;
+                }
+                Err(Error::Registry(m)) if attempt > 1 => {
+                    return Err(Error::Registry(format!("{m} (gave up after {attempt} attempts)")));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         match resp.status {
             200..=299 => self.scheme = AuthScheme::None,
             401 => {
@@ -330,13 +359,7 @@ impl Registry {
                     self.host
                 )));
             }
-            s => {
-                return Err(Error::Registry(format!(
-                    "{} answered {s} to the registry ping /v2/: {}",
-                    self.host,
-                    resp.error_detail()
-                )));
-            }
+            _ => return Err(self.status_error(&req, &resp)),
         }
         Ok(())
     }
@@ -364,7 +387,8 @@ impl Registry {
             attempt += 1;
             let auth = self.authorization(req.repository.as_deref(), false)?;
             let result = self.raw(req, auth.as_deref());
-            let can_retry = req.retry && attempt < self.retry.attempts && started.elapsed() < self.retry.budget;
+            let left = self.retry.budget.saturating_sub(started.elapsed());
+            let can_retry = req.retry && attempt < self.retry.attempts && !left.is_zero();
             match result {
                 Ok(resp) if resp.status == 401 && !refreshed => {
                     // First refusal: learn the challenge and get a fresh token (or send Basic) once.
@@ -382,13 +406,17 @@ impl Registry {
                     attempt -= 1;
                 }
                 Ok(resp) if resp.status == 401 => return Err(self.auth_error(req, &resp)),
-                Ok(resp) if retryable_status(resp.status) && can_retry => {
-                    let delay =
-                        retry_after(&resp).unwrap_or_else(|| self.retry.delay(attempt)).min(self.retry.max_delay * 3);
-                    self.sleep(delay)?;
+                Ok(resp)
+                    if retryable_status(resp.status)
+                        && can_retry
+                        && retry_delay(&resp, &self.retry, attempt) < left =>
+                {
+                    self.sleep(retry_delay(&resp, &self.retry, attempt))?;
                 }
-                Ok(resp) => return Ok(resp),
-                Err(Error::Registry(_)) if can_retry => self.sleep(self.retry.delay(attempt))?,
+                Ok(resp) => return Ok(Response { attempts: attempt, ..resp }),
+                Err(Error::Registry(_)) if can_retry && self.retry.delay(attempt) < left => {
+                    self.sleep(self.retry.delay(attempt))?
+                }
                 Err(Error::Registry(msg)) if attempt > 1 => {
                     return Err(Error::Registry(format!("{msg} (gave up after {attempt} attempts)")));
                 }
@@ -406,8 +434,10 @@ impl Registry {
             .as_deref()
             .map(|r| format!(" {}/{r}", self.host))
             .unwrap_or_else(|| format!(" {}", self.host));
+        let attempts =
+            if resp.attempts > 1 { format!(" (gave up after {} attempts)", resp.attempts) } else { String::new() };
         Error::Registry(format!(
-            "{} ({} {}) at{target} failed with {}{detail}",
+            "{} ({} {}) at{target} failed with {}{detail}{attempts}",
             req.what,
             req.method,
             path_of(&req.url),
@@ -539,6 +569,20 @@ impl Registry {
     /// One HTTP exchange, no retries. Transport failures become `Error::Registry` (retryable) or
     /// `Error::Tls` (not).
     fn raw(&mut self, req: &Request<'_>, auth: Option<&str>) -> Result<Response> {
+        let timeout = self.request_timeout;
+        self.raw_with(req, auth, true, timeout)
+    }
+
+    /// One exchange run on a worker thread, so the caller can stop waiting: when the run is cancelled
+    /// (if `cancellable`) or `timeout` passes, the request is abandoned and its thread left to finish on
+    /// its own. A hung registry therefore cannot hold Ctrl-C or `--timeout` hostage.
+    fn raw_with(
+        &mut self,
+        req: &Request<'_>,
+        auth: Option<&str>,
+        cancellable: bool,
+        timeout: Duration,
+    ) -> Result<Response> {
         let url = self.resolve(&req.url);
         let mut builder = http::Request::builder().method(req.method).uri(&url);
         for (k, v) in &req.headers {
@@ -551,27 +595,71 @@ impl Registry {
             }
         }
         let request = builder
-            .body(req.body)
+            .body(req.body.to_vec())
             .map_err(|e| Error::Registry(format!("invalid request URL {}: {e}", path_of(&url))))?;
         *self.sent.entry(req.method).or_default() += 1;
-        let mut resp = match self.agent.run(request) {
-            Ok(r) => r,
-            Err(e) => return Err(self.transport_error(&url, e)),
-        };
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
-        let mut body = Vec::new();
-        if req.method != "HEAD" {
-            let reader = resp.body_mut().as_reader();
-            if let Err(e) = reader.take(MAX_BODY).read_to_end(&mut body) {
-                return Err(Error::Registry(format!("{} reading the answer from {}: {e}", req.what, self.host)));
+        let agent = self.agent.clone();
+        let read_body = req.method != "HEAD";
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = agent.run(request).map(|mut resp| {
+                let status = resp.status().as_u16();
+                let headers: Vec<(String, String)> = resp
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                let mut body = Vec::new();
+                let read = if read_body {
+                    resp.body_mut().as_reader().take(MAX_BODY).read_to_end(&mut body).map(|_| ())
+                } else {
+                    Ok(())
+                };
+                (status, headers, body, read)
+            });
+            let _ = tx.send(result);
+        });
+        let mut deadline = Instant::now() + timeout;
+        let mut cancelling = false;
+        loop {
+            if cancellable && !cancelling && signal::cancelled() {
+                // Give the request in flight a moment: if its answer arrives, the caller learns the
+                // upload's newest Location and can delete the session (the reference registry refuses a
+                // DELETE on a stale one).
+                cancelling = true;
+                deadline = deadline.min(Instant::now() + CANCEL_GRACE);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() && cancelling {
+                return Err(Error::Cancelled);
+            }
+            if left.is_zero() {
+                return Err(Error::Registry(format!(
+                    "{} ({} {}) at {} got no answer within {}s",
+                    req.what,
+                    req.method,
+                    path_of(&url),
+                    self.host,
+                    timeout.as_secs()
+                )));
+            }
+            match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(Ok((status, headers, body, read))) => {
+                    if let Err(e) = read {
+                        return Err(Error::Registry(format!(
+                            "{} reading the answer from {}: {e}",
+                            req.what, self.host
+                        )));
+                    }
+                    return Ok(Response { status, headers, body, attempts: 1 });
+                }
+                Ok(Err(e)) => return Err(self.transport_error(&url, e)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Registry(format!("{} to {} failed", req.what, self.host)));
+                }
             }
         }
-        Ok(Response { status, headers, body })
     }
 
     /// One PUT whose body streams from `body` with a known length, no retries (the caller re-produces the
@@ -600,7 +688,7 @@ impl Registry {
             .collect();
         let mut text = Vec::new();
         let _ = resp.body_mut().as_reader().take(MAX_BODY).read_to_end(&mut text);
-        Ok(Response { status, headers, body: text })
+        Ok(Response { status, headers, body: text, attempts: 1 })
     }
 
     fn transport_error(&self, url: &str, e: ureq::Error) -> Error {
@@ -644,6 +732,12 @@ fn basic_header(c: &Credential) -> Option<String> {
         Secret::RegistryToken { token } => Some(format!("Bearer {token}")),
         Secret::IdentityToken { .. } => None,
     }
+}
+
+/// The wait before retrying `resp`: its `Retry-After`, else the backoff; `retry_after` is capped so a
+/// registry cannot park us for an hour.
+fn retry_delay(resp: &Response, policy: &RetryPolicy, attempt: u32) -> Duration {
+    retry_after(resp).map_or_else(|| policy.delay(attempt), |d| d.min(policy.max_delay * 3))
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {

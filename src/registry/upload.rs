@@ -213,7 +213,7 @@ impl<'r> Upload<'r> {
         // Even when cancelled: the session should not linger. One attempt, errors ignored.
         let req = Request::new("DELETE", self.location.clone(), "cancel blob upload").repository(&self.repo);
         let auth = self.reg.authorization(Some(&self.repo), false).ok().flatten();
-        let _ = self.reg.raw(&req, auth.as_deref());
+        let _ = self.reg.raw_with(&req, auth.as_deref(), false, std::time::Duration::from_secs(2));
     }
 }
 
