@@ -94,7 +94,7 @@ pub fn push_layer(
     let digests = loop {
         attempt += 1;
         match stream_layer(plan, sink, progress) {
-            Err(Error::UploadLost(why)) if attempt < 3 => {
+            Err(Error::UploadLost(why)) if attempt < MAX_RESTREAMS => {
                 progress.warn(&format!("{why}; sending the layer again"));
             }
             Err(Error::UploadLost(why)) => {
@@ -135,19 +135,42 @@ fn short(d: &Digest) -> &str {
     &d.hex()[..12]
 }
 
+/// Streams the layer into a new blob. Reading and compressing run on a second thread and hand 1 MiB
+/// blocks over a bounded channel, so compression goes on while the sink waits on the network or disk;
+/// memory stays bounded (the channel holds at most `QUEUE` blocks).
 fn stream_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> Result<LayerDigests> {
     let mut writer: Box<dyn BlobWriter + '_> = sink.blob_writer()?;
     progress.start("layer");
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
+    let (produced, consumed, skipped) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut skipped = Skipped(Vec::new());
+            let out = BlockSender { tx, block: Vec::with_capacity(BLOCK) };
+            let result = write_layer(&plan.context, &plan.layer, out, &mut skipped)
+                .and_then(|(out, digests)| out.finish().map(|_| digests));
+            (result, skipped)
+        });
+        let mut consumed: Result<()> = Ok(());
+        while let Ok(block) = rx.recv() {
+            if let Err(e) = writer.write_all(&block) {
+                consumed = Err(crate::layer::sink_error(e));
+                break;
+            }
+            progress.advance(block.len() as u64);
+        }
+        // Dropping the receiver stops a producer that is still writing.
+        drop(rx);
+        let (produced, skipped) = producer.join().unwrap_or_else(|_| {
+            (Err(Error::Layout("the layer writer stopped unexpectedly".into())), Skipped(Vec::new()))
+        });
+        (produced, consumed, skipped)
+    });
     // Special files the walk leaves out are reported after the stream, not in the middle of its progress.
-    let mut skipped = Skipped(Vec::new());
-    let result = {
-        let counted = Counted { inner: &mut writer, progress: &mut *progress };
-        write_layer(&plan.context, &plan.layer, counted, &mut skipped).map(|(_, digests)| digests)
-    };
     for (path, what) in &skipped.0 {
         progress.warn(&format!("skipped {} ({what}: cannot be stored in an image)", path.display()));
     }
-    match result {
+    // The sink's failure explains the producer's broken pipe, so it comes first.
+    match consumed.and(produced) {
         Ok(digests) => {
             writer.commit(&digests.digest, digests.size)?;
             progress.done(&format!(
@@ -162,6 +185,49 @@ fn stream_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> Re
             let _ = writer.abort();
             Err(e)
         }
+    }
+}
+
+/// How many times a layer is sent again from its first byte after registries lose the upload session
+/// (each loss already came after the per-request retries).
+const MAX_RESTREAMS: u32 = 5;
+
+/// Size of the blocks handed from the compressing thread to the sink, and how many may wait.
+const BLOCK: usize = 1024 * 1024;
+const QUEUE: usize = 4;
+
+/// The compressing thread's end of the channel: gathers output into blocks and sends them.
+struct BlockSender {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    block: Vec<u8>,
+}
+
+impl BlockSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        self.tx.send(block).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if !self.block.is_empty() {
+            self.send().map_err(crate::layer::sink_error)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for BlockSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == BLOCK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -250,7 +316,9 @@ pub fn copy_from_layout(
         loop {
             attempt += 1;
             match copy_blob(layout, &layer.digest, layer.size, sink, progress) {
-                Err(Error::UploadLost(why)) if attempt < 3 => progress.warn(&format!("{why}; sending it again")),
+                Err(Error::UploadLost(why)) if attempt < MAX_RESTREAMS => {
+                    progress.warn(&format!("{why}; sending it again"))
+                }
                 Err(Error::ChunkedRefused(_)) => {
                     let produce = |w: &mut dyn Write| -> Result<()> {
                         let mut f = layout.open_blob(&layer.digest)?;

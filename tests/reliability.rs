@@ -272,6 +272,16 @@ fn patch_503_resumes_from_the_registry_offset() {
 }
 
 #[test]
+fn patch_503_four_times_in_a_row_is_still_retried() {
+    // Within the default 6 attempts; the status checks (GET) between the tries are not refused.
+    let setup = Setup::new(16, SMALL_CONTEXT);
+    let rule = Rule::nth("PATCH", UPLOADS, 2, unavailable()).times(4);
+    let proxy = setup.assert_survives(ProxyOptions::default().rule(rule), &[], 4);
+    assert_eq!(proxy.faults().len(), 4, "{}", proxy.log());
+    assert_eq!(sessions(&proxy), 2, "the chunk is resent in the same session:\n{}", proxy.log());
+}
+
+#[test]
 fn patch_reset_mid_body_resumes_from_the_registry_offset() {
     let setup = Setup::new(5, SMALL_CONTEXT);
     let proxy = setup.assert_survives_rule(Rule::nth("PATCH", UPLOADS, 2, Fault::Reset { after: 100_000 }));
@@ -531,9 +541,14 @@ impl Running {
         Running { child, started: Instant::now(), stderr, _cmd: cmd, _dir: dir }
     }
 
+    /// `kill -SIGNAL PID`, e.g. `INT` or `TERM`.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(status.as_ref().is_ok_and(|s| s.success()), "kill -{signal} {} failed: {status:?}", self.child.id());
+    }
+
     fn sigint(&self) {
-        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        assert!(status.as_ref().is_ok_and(|s| s.success()), "kill -INT {} failed: {status:?}", self.child.id());
+        self.signal("INT");
     }
 
     /// The exit status, or `None` (after killing it) when it outlives `timeout`.
@@ -566,23 +581,23 @@ impl Drop for Running {
     }
 }
 
-#[test]
-fn sigint_mid_upload_deletes_the_session_stores_no_tag_and_exits_130() {
+/// Sends `signal` in the middle of a slowed-down 50 MiB upload and checks the clean cancel.
+fn cancel_mid_upload(signal: &str, seed: u64) {
     let registry = Registry::start(RegistryMode::Http);
     let context = TempDir::new("reliability-context");
-    random_context(context.path(), 40, 50 * MIB);
+    random_context(context.path(), seed, 50 * MIB);
     let slow = Rule::every("PATCH", UPLOADS, Fault::Delay(Duration::from_millis(250)));
     let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(slow));
     let mut push = Running::spawn(&proxy.host(), context.path(), &[]);
     assert!(proxy.wait_for("PATCH", UPLOADS, 3, Duration::from_secs(60)), "no upload started:\n{}", proxy.log());
 
-    push.sigint();
+    push.signal(signal);
     let signalled = Instant::now();
     let status = push.wait(Duration::from_secs(15));
     let took = signalled.elapsed();
     let log = proxy.log();
-    assert_eq!(status.and_then(|s| s.code()), Some(130), "exit after SIGINT; stderr: {}\n{log}", push.stderr());
-    assert!(took < Duration::from_secs(3), "took {took:?} to stop after SIGINT:\n{log}");
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "exit after SIG{signal}; stderr: {}\n{log}", push.stderr());
+    assert!(took < Duration::from_secs(3), "took {took:?} to stop after SIG{signal}:\n{log}");
     assert!(push.stderr().contains("cancel"), "stderr: {}", push.stderr());
 
     let patched = proxy.matching("PATCH", UPLOADS);
@@ -591,13 +606,24 @@ fn sigint_mid_upload_deletes_the_session_stores_no_tag_and_exits_130() {
     let deleted = proxy.matching("DELETE", &session);
     assert_eq!(deleted.len(), 1, "the open session {session} is deleted:\n{log}");
     assert_eq!(deleted[0].upstream_status, Some(204), "the registry deleted it:\n{log}");
+    assert_eq!(registry.count_requests("DELETE", &session), 1, "the registry's access log shows the DELETE");
     assert_eq!(proxy.count("PUT", MANIFESTS), 0, "no manifest after a cancel:\n{log}");
     assert!(tags(&registry, "ns/x").is_empty(), "no tag after a cancel");
     eprintln!(
-        "cancelled after {:.1?} and {} PATCHes; exited {took:.2?} after SIGINT",
+        "SIG{signal} after {:.1?} and {} PATCHes; exited {took:.2?} later",
         signalled.duration_since(push.started),
         patched.len()
     );
+}
+
+#[test]
+fn sigint_mid_upload_deletes_the_session_stores_no_tag_and_exits_130() {
+    cancel_mid_upload("INT", 40);
+}
+
+#[test]
+fn sigterm_mid_upload_deletes_the_session_stores_no_tag_and_exits_130() {
+    cancel_mid_upload("TERM", 43);
 }
 
 #[test]
