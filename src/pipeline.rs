@@ -173,8 +173,9 @@ fn stream_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> Re
     match consumed.and(produced) {
         Ok(digests) => {
             writer.commit(&digests.digest, digests.size)?;
+            let plural = if digests.entries == 1 { "entry" } else { "entries" };
             progress.done(&format!(
-                "{} {} ({} entries)",
+                "{} {} ({} {plural})",
                 short(&digests.digest),
                 crate::progress::human(digests.size),
                 digests.entries

@@ -48,7 +48,7 @@ impl TlsOptions {
             Transport::Http
         } else if self.verify == Some(true) {
             Transport::Https
-        } else if self.insecure || self.verify == Some(false) || is_loopback_host(host) {
+        } else if self.insecure || self.verify == Some(false) || is_loopback_host(host) || resolves_to_loopback(host) {
             Transport::InsecureHttps
         } else {
             Transport::Https
@@ -99,6 +99,24 @@ impl TlsOptions {
             roots.extend(read_certs(file)?);
         }
         Ok(builder.root_certs(RootCerts::new_with_certs(&roots)).client_cert(client).build())
+    }
+}
+
+/// Whether every address `host` resolves to is loopback (Docker decides by address, so a name mapped to
+/// 127.0.0.1 in /etc/hosts counts). A name that does not resolve is not loopback.
+fn resolves_to_loopback(host: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !host.ends_with(']') {
+        host.to_string()
+    } else {
+        format!("{host}:443")
+    };
+    match with_port.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
     }
 }
 

@@ -31,7 +31,11 @@ fn json_format(format: &str) -> Result<bool> {
 
 pub fn catalog(args: CatalogArgs) -> Result<()> {
     let json = json_format(&args.format)?;
-    let host = normalize_host(args.host.as_deref().unwrap_or(crate::idpbuilder::DEFAULT_REGISTRY));
+    let default = std::env::var("IDPB_REGISTRY")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| crate::idpbuilder::DEFAULT_REGISTRY.to_string());
+    let host = normalize_host(args.host.as_deref().unwrap_or(&default));
     let repos = connect(&args, &host, args.quiet)?.catalog()?;
     if json {
         println!("{}", json!({ "repositories": repos }));
@@ -119,6 +123,8 @@ fn print_text(v: &Value, indent: &str) {
     if let Some(obj) = v.as_object() {
         for (k, val) in obj {
             match val {
+                Value::Object(m) if m.is_empty() => {}
+                Value::Array(a) if a.is_empty() => {}
                 Value::Object(_) => {
                     println!("{indent}{k}:");
                     print_text(val, &format!("{indent}  "));

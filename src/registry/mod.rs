@@ -702,6 +702,12 @@ impl Registry {
         if let Some(rustls::Error::InvalidCertificate(c)) = &rustls_err {
             return verify_failed(host, &format!("{c:?}"));
         }
+        if let Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) = &rustls_err {
+            return Error::Tls(format!(
+                "{host} does not speak TLS on this port (it looks like plain HTTP); use --plain-http, or --insecure \
+                 to allow falling back to HTTP"
+            ));
+        }
         if let Some(other) = rustls_err {
             return Error::Tls(format!("TLS with {host} failed: {other}"));
         }
