@@ -43,8 +43,9 @@ bench: deps build
 	scripts/bench-build.sh
 	scripts/bench-push.sh
 
-# Starts a registry on loopback, pushes examples/hello, pulls it back with skopeo, stops the registry.
-demo: deps build
+# Installs the plugin, starts a registry on loopback, pushes examples/hello with `docker idpb push`, pulls
+# it back with skopeo and lists its files, then stops the registry.
+demo: deps install
 	scripts/demo.sh
 
 # The Docker CLI plugin and the credential helper (see plugins/README.md).
