@@ -343,13 +343,7 @@ impl Registry {
         match resp.status {
             200..=299 => self.scheme = AuthScheme::None,
             401 => {
-                let challenges: Vec<Challenge> = resp
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
-                    .flat_map(|(_, v)| parse_challenges(v))
-                    .collect();
-                self.scheme = choose_scheme(&challenges).ok_or_else(|| {
+                self.scheme = choose_scheme(&challenges(&resp)).ok_or_else(|| {
                     Error::Auth(format!("{} asks for an authentication scheme docker-idpb does not support", self.host))
                 })?;
             }
@@ -457,13 +451,7 @@ impl Registry {
     }
 
     fn learn_challenge(&mut self, resp: &Response) {
-        let challenges: Vec<Challenge> = resp
-            .headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
-            .flat_map(|(_, v)| parse_challenges(v))
-            .collect();
-        if let Some(scheme) = choose_scheme(&challenges) {
+        if let Some(scheme) = choose_scheme(&challenges(resp)) {
             self.scheme = scheme;
         }
     }
@@ -719,6 +707,15 @@ impl Registry {
             _ => Error::Registry(format!("cannot reach {} ({e})", path_host(url))),
         }
     }
+}
+
+/// Every challenge of every `WWW-Authenticate` header of a response.
+fn challenges(resp: &Response) -> Vec<Challenge> {
+    resp.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+        .flat_map(|(_, v)| parse_challenges(v))
+        .collect()
 }
 
 fn choose_scheme(challenges: &[Challenge]) -> Option<AuthScheme> {

@@ -52,7 +52,7 @@ impl<'r> Upload<'r> {
             reg,
             repo: repo.to_string(),
             location,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(chunk.get().max(min_chunk)),
             acked: 0,
             chunk,
             min_chunk,
@@ -306,16 +306,13 @@ fn parse_range_end(v: &str) -> Option<u64> {
 
 impl Write for Upload<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        // Fill the buffer up to one chunk and send it when full: the buffer never holds more than a chunk.
+        let n = data.len().min(self.chunk_size().saturating_sub(self.buf.len())).max(1).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() >= self.chunk_size() {
-            // Send whole chunks; keep the remainder for the next call or for `finish`.
-            let whole = self.buf.len() - self.buf.len() % self.chunk_size();
-            let rest = self.buf.split_off(whole);
-            let result = self.drain();
-            self.buf.extend_from_slice(&rest);
-            result.map_err(io::Error::other)?;
+            self.drain().map_err(io::Error::other)?;
         }
-        Ok(data.len())
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
