@@ -42,6 +42,14 @@ impl LayerCache {
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.update(format!("{opts:?}\0").as_bytes());
         h.update(context.root().as_os_str().as_encoded_bytes());
+        // The root's own metadata matters with --prefix (the prefix directory takes its mode).
+        {
+            use std::os::unix::fs::MetadataExt;
+            let root = context.root_metadata()?;
+            for v in [i64::from(root.mode()), root.mtime(), root.mtime_nsec(), root.ctime(), root.ctime_nsec()] {
+                h.update(v.to_le_bytes());
+            }
+        }
         let mut visit = |e: crate::walk::Entry| -> Result<()> {
             h.update(e.rel.as_bytes());
             h.update([0]);

@@ -95,11 +95,6 @@ impl<W: Write> HashingWriter<W> {
         self.count
     }
 
-    /// The inner writer.
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
     /// Ends hashing: the inner writer, the digest and the byte count.
     pub fn finish(self) -> (W, Digest, u64) {
         let digest = Digest::from_hash(self.hasher.finalize().as_slice());

@@ -90,11 +90,6 @@ impl<W: Write> GzipWriter<W> {
         self.inner.write_all(&self.size.to_le_bytes())?;
         Ok(self.inner)
     }
-
-    /// The inner writer.
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
 }
 
 impl<W: Write> Write for GzipWriter<W> {

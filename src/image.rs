@@ -34,11 +34,22 @@ pub struct Descriptor {
     pub platform: Option<Platform>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Fields this crate does not interpret (`urls`, `artifactType`, `data`...), kept so that rewriting
+    /// another tool's index.json loses nothing.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 impl Descriptor {
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor { media_type: media_type.to_string(), digest, size, platform: None, annotations: BTreeMap::new() }
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+            other: BTreeMap::new(),
+        }
     }
 }
 
@@ -374,5 +385,11 @@ mod tests {
           "digest":"sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7"},
           "layers":[],"extra":1}"#;
         assert_eq!(serde_json::from_str::<Manifest>(docker).unwrap().config.size, 7023);
+        // Unknown descriptor fields survive a round trip.
+        let with_urls = r#"{"mediaType":"m","digest":"sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7","size":1,"urls":["https://x"],"artifactType":"a"}"#;
+        let d: Descriptor = serde_json::from_str(with_urls).unwrap();
+        let back = serde_json::to_value(&d).unwrap();
+        assert_eq!(back["urls"][0], "https://x");
+        assert_eq!(back["artifactType"], "a");
     }
 }

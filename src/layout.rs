@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,7 +35,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(temp_name(&format!(".{name}")));
-    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, "write", e))?;
+    if let Err(e) = fs::write(&tmp, bytes) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, "write", e));
+    }
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         Error::io(path, "write", e)
@@ -195,7 +198,8 @@ struct LayoutBlobWriter {
 
 impl Write for LayoutBlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        // Wrapped so the pipeline's error names the file (disk full, quota).
+        self.file.write(buf).map_err(|e| io::Error::other(Error::io(&self.tmp, "write", e)))
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
@@ -273,15 +277,13 @@ fn blob_name(digest: &Digest) -> String {
 }
 
 fn tar_header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
-    crate::layer::ustar_header(
-        name.as_bytes(),
-        kind,
-        if kind == tar::EntryType::Directory { 0o755 } else { 0o644 },
-        0,
-        size,
-        None,
-        (0, 0),
-    )
+    let mode = if kind == tar::EntryType::Directory { 0o755 } else { 0o644 };
+    let mut h = crate::layer::ustar_header(name.as_bytes(), kind, mode, 0, size, None, (0, 0));
+    // Blob names are short, so there is no PAX header here: sizes of 8 GiB and more use the size field's
+    // base-256 form (GNU), which every reader of docker tars understands.
+    h.set_size(size);
+    h.set_cksum();
+    h
 }
 
 impl TarSink {
@@ -337,7 +339,7 @@ struct TarBlobWriter<'a> {
 impl Write for TarBlobWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.sink.file.as_mut() {
-            Some(f) => f.write(buf),
+            Some(f) => f.write(buf).map_err(|e| io::Error::other(Error::io(&self.sink.tmp, "write", e))),
             None => Err(io::Error::other("tar output already finished")),
         }
     }
@@ -429,11 +431,4 @@ impl Sink for TarSink {
             Error::io(&self.dest, "write", e)
         })
     }
-}
-
-/// Reads a whole file (small JSON) with a clear error.
-pub fn read_small(path: &Path) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut out)).map_err(|e| Error::io(path, "read", e))?;
-    Ok(out)
 }

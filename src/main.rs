@@ -1,7 +1,13 @@
 //! The `docker-idpb` binary: parse the command line, run it, print the one-line error if it fails.
 
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect::<Result<_, _>>() {
+        Ok(argv) => argv,
+        Err(bad) => {
+            eprintln!("docker-idpb: argument {bad:?} is not valid UTF-8 (rename the path or pass it another way)");
+            std::process::exit(2);
+        }
+    };
     let program = argv.first().and_then(|p| std::path::Path::new(p).file_name()).and_then(|n| n.to_str());
     if program == Some("docker-credential-idpb") {
         // Installed under a helper's name: speak the docker-credential-helpers protocol.

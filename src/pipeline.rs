@@ -73,7 +73,7 @@ impl<W: Write> Write for Counted<'_, W> {
 /// Streams the plan's layer into `sink`; returns its digests. With a cache, an unchanged context whose
 /// layer the sink already holds is neither read nor sent. A sink that lost the upload session gets the
 /// layer again from its first byte (the stream is deterministic), a bounded number of times.
-pub fn push_layer(
+pub fn store_layer(
     plan: &Plan,
     sink: &mut dyn Sink,
     progress: &mut Progress,
@@ -117,7 +117,11 @@ pub fn push_layer(
 /// into a single PUT. Compressing twice keeps memory bounded, where buffering the blob would not.
 fn monolithic_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress, why: &str) -> Result<LayerDigests> {
     progress.note(&format!("{why}; sending the layer as one request (compressing it twice to keep memory bounded)"));
-    let (_, digests) = write_layer(&plan.context, &plan.layer, std::io::sink(), &mut Skipped(Vec::new()))?;
+    let mut skipped = Skipped(Vec::new());
+    let (_, digests) = write_layer(&plan.context, &plan.layer, std::io::sink(), &mut skipped)?;
+    for (path, what) in &skipped.0 {
+        progress.warn(&format!("skipped {} ({what}: cannot be stored in an image)", path.display()));
+    }
     if !sink.has_blob(&digests.digest)? {
         let produce = |w: &mut dyn Write| -> Result<()> {
             let (_, again) = write_layer(&plan.context, &plan.layer, w, &mut Skipped(Vec::new()))?;
@@ -240,7 +244,7 @@ pub fn run(
     progress: &mut Progress,
     cache: Option<&LayerCache>,
 ) -> Result<Built> {
-    let layer = push_layer(plan, sink, progress, cache)?;
+    let layer = store_layer(plan, sink, progress, cache)?;
     let config = plan.image.config(vec![layer.diff_id.clone()], plan.layer.epoch);
     let config_bytes = to_json(&config)?;
     let platform = Platform { architecture: config.architecture, os: config.os, variant: config.variant };
@@ -251,42 +255,44 @@ pub fn run(
         layers: vec![Descriptor::new(MEDIA_TYPE_LAYER_GZIP, layer.digest.clone(), layer.size)],
         annotations: plan.image.annotations.clone(),
     };
-    let manifest = store_image(sink, &manifest, &config_bytes, Some(platform), names)?;
-    Ok(Built { config_digest: Digest::of(&config_bytes), config_size: config_bytes.len() as u64, manifest, layer })
+    let bytes = to_json(&manifest)?;
+    let blob =
+        ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: manifest.media_type, platform: Some(platform) };
+    let config_digest = manifest.config.digest;
+    let manifest = store_image(sink, &config_bytes, &config_digest, blob, names)?;
+    Ok(Built { config_digest, config_size: config_bytes.len() as u64, manifest, layer })
 }
 
 /// Stores the config and the manifest (whose layers are already stored) and names it; every name is
-/// tried, and a failure is reported per name.
+/// tried, and a failure is reported per name. The manifest's bytes are stored exactly as given.
 pub fn store_image(
     sink: &mut dyn Sink,
-    manifest: &Manifest,
     config_bytes: &[u8],
-    platform: Option<Platform>,
+    config_digest: &Digest,
+    manifest: ManifestBlob,
     names: &[Reference],
 ) -> Result<ManifestBlob> {
-    sink.put_blob(config_bytes, &manifest.config.digest)?;
-    let bytes = to_json(manifest)?;
-    let blob = ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: manifest.media_type.clone(), platform };
+    sink.put_blob(config_bytes, config_digest)?;
     let mut done = Vec::new();
-    let mut failed = Vec::new();
+    let mut failed: Vec<(String, Error)> = Vec::new();
     for name in names {
-        match sink.put_manifest(&blob, name) {
+        match sink.put_manifest(&manifest, name) {
             Ok(()) => done.push(name.to_string()),
             Err(Error::Cancelled) => return Err(Error::Cancelled),
-            Err(e) => failed.push(format!("{name}: {e}")),
+            Err(e) => failed.push((name.to_string(), e)),
         }
     }
+    if failed.len() == 1 && done.is_empty() {
+        // One name, one failure: the error as it is, with its class (auth, registry...).
+        return Err(failed.remove(0).1);
+    }
     if !failed.is_empty() {
-        let pushed = if done.is_empty() { String::new() } else { format!(" (stored: {})", done.join(", ")) };
-        let msg = format!("{}{pushed}", failed.join("; "));
-        return Err(if failed.len() == 1 && done.is_empty() {
-            Error::Registry(msg)
-        } else {
-            Error::Registry(format!("some tags failed: {msg}"))
-        });
+        let list: Vec<String> = failed.iter().map(|(n, e)| format!("{n}: {e}")).collect();
+        let stored = if done.is_empty() { String::new() } else { format!(" (stored: {})", done.join(", ")) };
+        return Err(Error::Registry(format!("some tags failed: {}{stored}", list.join("; "))));
     }
     sink.finish()?;
-    Ok(blob)
+    Ok(manifest)
 }
 
 /// Copies an image from an OCI layout into `sink` under `names` (the "build in one step, push in
@@ -331,17 +337,14 @@ pub fn copy_from_layout(
             }
         }
     }
-    let mut blob = store_image(sink, &manifest, &config_bytes, desc.platform.clone(), names)?;
-    // The manifest must keep its exact bytes (and digest) as stored in the layout.
-    if blob.digest != desc.digest {
-        blob = ManifestBlob {
-            digest: desc.digest.clone(),
-            bytes: manifest_bytes,
-            media_type: desc.media_type.clone(),
-            platform: desc.platform.clone(),
-        };
-    }
-    Ok(blob)
+    // The manifest keeps its exact bytes, so its digest is the one the layout names.
+    let blob = ManifestBlob {
+        digest: desc.digest.clone(),
+        bytes: manifest_bytes,
+        media_type: desc.media_type.clone(),
+        platform: desc.platform.clone(),
+    };
+    store_image(sink, &config_bytes, &manifest.config.digest, blob, names)
 }
 
 fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, progress: &mut Progress) -> Result<()> {

@@ -116,6 +116,12 @@ impl Walker<'_> {
         for name in names {
             let path = dir.join(&name);
             let Some(name) = name.to_str() else {
+                // Docker matches such names too; only an included one is a problem.
+                let lossy = name.to_string_lossy();
+                let lossy_rel = if rel.is_empty() { lossy.into_owned() } else { format!("{rel}/{lossy}") };
+                if self.ignore.excluded(&lossy_rel) {
+                    continue;
+                }
                 return Err(Error::Context(format!(
                     "{} has a name that is not UTF-8 (rename it or list it in .dockerignore)",
                     path.display()

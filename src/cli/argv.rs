@@ -74,13 +74,29 @@ fn strip_plugin_framing(args: &[String]) -> Option<(Vec<String>, Option<String>)
     None
 }
 
-/// `--name=value` -> `--name value`, up to a `--` terminator.
+/// The flags that take no value; every other `--flag` (without `=`) is followed by its value.
+const VALUELESS: &[&str] = &[
+    "--help",
+    "--insecure",
+    "--plain-http",
+    "--password-stdin",
+    "--preserve-mtime",
+    "--no-cache",
+    "--list",
+    "--quiet",
+    "-q",
+];
+
+/// `--name=value` -> `--name value` for tokens in flag position, up to a `--` terminator. A token that is
+/// the value of the flag before it (`--cmd --port=8080`) is left alone.
 fn split_equals(args: Vec<String>) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut literal = false;
+    let mut value_expected = false;
     for a in args {
-        if literal || !a.starts_with("--") {
-            literal |= a == "--";
+        if literal || value_expected || !a.starts_with("--") {
+            literal |= a == "--" && !value_expected;
+            value_expected = false;
             out.push(a);
             continue;
         }
@@ -94,7 +110,10 @@ fn split_equals(args: Vec<String>) -> Vec<String> {
                 out.push(name.to_string());
                 out.push(value.to_string());
             }
-            None => out.push(a),
+            None => {
+                value_expected = !VALUELESS.contains(&a.as_str());
+                out.push(a);
+            }
         }
     }
     out
@@ -136,5 +155,8 @@ mod tests {
         assert!(!inv.plugin);
         let inv = normalize(&argv("docker-idpb build -- --weird=dir"));
         assert_eq!(inv.args, argv("build -- --weird=dir"));
+        // A value that looks like a flag is not split.
+        let inv = normalize(&argv("docker-idpb build ctx --cmd --port=8080 --env=A=b --insecure --x=1"));
+        assert_eq!(inv.args, argv("build ctx --cmd --port=8080 --env A=b --insecure --x 1"));
     }
 }

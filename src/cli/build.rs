@@ -1,4 +1,11 @@
 //! `docker-idpb build`: a directory into an OCI layout, a docker-loadable tar, or the local store.
+//!
+//! Every flag and name is validated before the context is read, so a typo costs nothing. The three outputs
+//! are three sinks of the same pipeline; the local store is an OCI layout at `$IDPB_HOME`, which is where
+//! `push` without a context finds images by name. The layer cache applies to the layout and the store
+//! (where the sink can tell that it already holds a blob), not to a tar, which is written whole each time.
+//! `--list` runs only the walk, the same walk the layer is written from, so what it prints is exactly what
+//! a build would store.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,10 @@
 //! `docker-idpb catalog`, `tags` and `inspect`: reading a registry with push's auth and TLS.
+//!
+//! These commands answer "what is in the registry" without a pull: the catalog and tag lists follow the
+//! registry's pagination, and `inspect` shows a manifest with its config, walking an index into one entry
+//! per platform. Every manifest fetched by digest is checked against that digest, so what is shown is what
+//! the name points at. Credentials and TLS come from the same flags and sources as `push`, including the
+//! idpbuilder cluster for its Gitea, so anything `push` can write, these can read back.
 
 use serde_json::{Value, json};
 
@@ -69,6 +75,11 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let wanted = reference.digest.clone().unwrap_or_else(|| reference.tag_or_latest().to_string());
     let (bytes, media_type) = reg.get_manifest(&repo, &wanted)?;
     let digest = Digest::of(&bytes);
+    if let Some(asked) = &reference.digest
+        && digest.as_str() != asked
+    {
+        return Err(Error::Registry(format!("{reference}: the registry sent a manifest whose digest is {digest}")));
+    }
     let raw: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Registry(format!("{reference} has a manifest that is not JSON: {e}")))?;
     let media_type = raw.get("mediaType").and_then(Value::as_str).map(str::to_string).unwrap_or(media_type);
@@ -78,6 +89,12 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         let mut platforms = Vec::new();
         for m in &index.manifests {
             let (mbytes, _) = reg.get_manifest(&repo, m.digest.as_str())?;
+            if Digest::of(&mbytes) != m.digest {
+                return Err(Error::Registry(format!(
+                    "{reference}: the manifest for {} does not match its digest",
+                    m.digest
+                )));
+            }
             platforms.push(describe_image(&mut reg, &repo, &mbytes, m.platform.as_ref().map(|p| p.to_string()))?);
         }
         json!({"name": reference.to_string(), "digest": digest, "mediaType": media_type, "manifests": platforms})
@@ -102,7 +119,7 @@ fn describe_image(reg: &mut Registry, repo: &str, manifest_bytes: &[u8], platfor
     let config_bytes = reg.get_blob(repo, &manifest.config.digest)?;
     let config: ImageConfig = serde_json::from_slice(&config_bytes)
         .map_err(|e| Error::Registry(format!("invalid image config in {repo}: {e}")))?;
-    let size: u64 = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+    let size = manifest.layers.iter().fold(manifest.config.size, |acc, l| acc.saturating_add(l.size));
     Ok(json!({
         "digest": Digest::of(manifest_bytes),
         "mediaType": manifest.media_type,

@@ -468,17 +468,21 @@ pub trait ImageFlags {
     fn layer_options(&self) -> Result<LayerOptions> {
         let f = self.image_flags();
         let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.trim().is_empty() => v.trim().parse::<u64>().map_err(|_| {
-                Error::usage(format!(
-                    "invalid SOURCE_DATE_EPOCH {v:?}: use whole seconds since 1970, e.g. $(git log -1 --format=%ct)"
-                ))
-            })?,
+            Ok(v) if !v.trim().is_empty() => {
+                v.trim().parse::<u64>().ok().filter(|e| *e <= MAX_EPOCH).ok_or_else(|| {
+                    Error::usage(format!(
+                        "invalid SOURCE_DATE_EPOCH {v:?}: use whole seconds since 1970, e.g. $(git log -1 --format=%ct)"
+                    ))
+                })?
+            }
             _ => 0,
         };
         let chown = match f.chown {
             None => (0, 0),
             Some(s) => {
-                let parsed = s.split_once(':').and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                let parsed = s
+                    .split_once(':')
+                    .and_then(|(u, g)| Some((u64::from(u.parse::<u32>().ok()?), u64::from(g.parse::<u32>().ok()?))));
                 parsed.ok_or_else(|| {
                     Error::usage(format!("invalid --chown {s:?}: use numeric UID:GID, e.g. 1000:1000"))
                 })?
@@ -579,6 +583,9 @@ pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
     }
 }
 
+/// 9999-12-31T23:59:59Z: the last moment RFC 3339 (the config's `created`) can express.
+const MAX_EPOCH: u64 = 253_402_300_799;
+
 /// Parses a size like `8MiB`, `512k`, `4M`, `1048576`.
 pub fn parse_size(flag: &str, s: &str) -> Result<u64> {
     let t = s.trim();
@@ -603,11 +610,12 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: Option<u64> = num.parse().ok();
+    let secs = |n: u64, mult: u64| n.checked_mul(mult).map(std::time::Duration::from_secs);
     let d = match (n, unit) {
         (Some(n), "ms") => Some(std::time::Duration::from_millis(n)),
-        (Some(n), "" | "s") => Some(std::time::Duration::from_secs(n)),
-        (Some(n), "m") => Some(std::time::Duration::from_secs(n * 60)),
-        (Some(n), "h") => Some(std::time::Duration::from_secs(n * 3600)),
+        (Some(n), "" | "s") => secs(n, 1),
+        (Some(n), "m") => secs(n, 60),
+        (Some(n), "h") => secs(n, 3600),
         _ => None,
     };
     d.filter(|d| !d.is_zero())

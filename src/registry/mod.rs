@@ -358,6 +358,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether `url` (absolute) points at this registry's host and port.
+    fn is_registry_url(&self, url: &str) -> bool {
+        path_host(url).eq_ignore_ascii_case(&self.host)
+    }
+
     /// Resolves a Location or path against the registry base URL.
     pub fn resolve(&self, location: &str) -> String {
         if location.starts_with("http://") || location.starts_with("https://") {
@@ -379,7 +384,12 @@ impl Registry {
                 return Err(Error::Cancelled);
             }
             attempt += 1;
-            let auth = self.authorization(req.repository.as_deref(), false)?;
+            // Credentials go only to the registry itself, never to another host an upload Location names.
+            let auth = if self.is_registry_url(&self.resolve(&req.url)) {
+                self.authorization(req.repository.as_deref(), false)?
+            } else {
+                None
+            };
             let result = self.raw(req, auth.as_deref());
             let left = self.retry.budget.saturating_sub(started.elapsed());
             let can_retry = req.retry && attempt < self.retry.attempts && !left.is_zero();
@@ -653,8 +663,8 @@ impl Registry {
     /// One PUT whose body streams from `body` with a known length, no retries (the caller re-produces the
     /// body to retry). Used for registries that refuse chunked uploads.
     fn put_stream(&mut self, url: &str, repo: &str, size: u64, body: &mut dyn Read) -> Result<Response> {
-        let auth = self.authorization(Some(repo), false)?;
         let url = self.resolve(url);
+        let auth = if self.is_registry_url(&url) { self.authorization(Some(repo), false)? } else { None };
         let mut builder = http::Request::builder()
             .method("PUT")
             .uri(&url)

@@ -29,7 +29,7 @@ pub struct RegistrySink {
     /// What was actually sent (for `--format json` and tests): layer and config uploads, mounts, manifests.
     pub report: PushReport,
     /// Per-tag results of manifest PUTs.
-    pub pushed: Vec<(Reference, Result<Digest>)>,
+    pub pushed: Vec<(Reference, std::result::Result<Digest, String>)>,
 }
 
 /// What a push sent over the network.
@@ -149,9 +149,8 @@ impl Sink for RegistrySink {
         if result.is_ok() {
             self.report.manifests += 1;
         }
-        let out = result.as_ref().map(|_| ()).map_err(|e| Error::Registry(e.to_string()));
-        self.pushed.push((reference.clone(), result));
-        out
+        self.pushed.push((reference.clone(), result.as_ref().map(Digest::clone).map_err(|e| e.to_string())));
+        result.map(|_| ())
     }
 }
 

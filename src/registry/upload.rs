@@ -20,6 +20,8 @@ use crate::sink::BlobWriter;
 
 /// Smallest chunk the 413/416 back-off goes down to.
 pub const MIN_CHUNK: usize = 64 * 1024;
+/// The largest `OCI-Chunk-Min-Length` honoured (memory is bounded by the chunk size).
+const MAX_MIN_CHUNK: usize = 64 * 1024 * 1024;
 
 /// An open upload session.
 pub struct Upload<'r> {
@@ -47,7 +49,12 @@ impl<'r> Upload<'r> {
             return Err(reg.status_error(&req, &resp));
         }
         let location = location(reg, &req, &resp)?;
-        let min_chunk = resp.header("oci-chunk-min-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        // Honoured up to a cap: a registry must not be able to make us buffer without bound.
+        let min_chunk = resp
+            .header("oci-chunk-min-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(MAX_MIN_CHUNK);
         Ok(Upload {
             reg,
             repo: repo.to_string(),
@@ -212,8 +219,7 @@ impl<'r> Upload<'r> {
         self.finished = true;
         // Even when cancelled: the session should not linger. One attempt, errors ignored.
         let req = Request::new("DELETE", self.location.clone(), "cancel blob upload").repository(&self.repo);
-        let auth = self.reg.authorization(Some(&self.repo), false).ok().flatten();
-        let _ = self.reg.raw_with(&req, auth.as_deref(), false, std::time::Duration::from_secs(2));
+        let _ = self.reg.delete_session(&req);
     }
 }
 
@@ -264,6 +270,7 @@ pub fn put_monolithic(
         if let Err(Error::Cancelled) = produced {
             return Err(Error::Cancelled);
         }
+        let _ = reg.delete_session(&Request::new("DELETE", loc.clone(), "cancel blob upload").repository(repo));
         failures += 1;
         if !retryable || failures >= reg.retry.attempts {
             let req = Request::new("PUT", url, "upload blob in one request").repository(repo);
@@ -276,6 +283,19 @@ pub fn put_monolithic(
             ));
         }
         reg.sleep(reg.retry.delay(failures))?;
+    }
+}
+
+impl Registry {
+    /// One DELETE of an upload session, even when cancelled, waiting at most 2 s; errors ignored by callers.
+    fn delete_session(&mut self, req: &Request<'_>) -> Result<Response> {
+        let url = self.resolve(&req.url);
+        let auth = if self.is_registry_url(&url) {
+            self.authorization(req.repository.as_deref(), false).ok().flatten()
+        } else {
+            None
+        };
+        self.raw_with(req, auth.as_deref(), false, std::time::Duration::from_secs(2))
     }
 }
 
