@@ -177,10 +177,17 @@ pub fn registry_error_detail(body: &[u8]) -> String {
             .filter(|s| !s.is_empty())
             .collect();
         if !parts.is_empty() {
-            return parts.join("; ");
+            return one_line(&parts.join("; "));
         }
     }
     let text = String::from_utf8_lossy(body);
+    // An HTML error page (nginx, an ingress): its title says it all ("413 Request Entity Too Large").
+    let lower = text.to_ascii_lowercase();
+    if let (Some(a), Some(b)) = (lower.find("<title>"), lower.find("</title>"))
+        && a + 7 <= b
+    {
+        return one_line(&text[a + 7..b]);
+    }
     let line = text
         .lines()
         .map(|l| l.trim())
@@ -190,18 +197,30 @@ pub fn registry_error_detail(body: &[u8]) -> String {
     line.chars().take(200).collect()
 }
 
+/// Whitespace runs (newlines included) to one space, at most 300 characters.
+fn one_line(s: &str) -> String {
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &joined[..i]),
+        None => joined,
+    }
+}
+
 fn strip_tags(s: &str) -> String {
     let mut out = String::new();
     let mut in_tag = false;
     for c in s.chars() {
         match c {
             '<' => in_tag = true,
-            '>' => in_tag = false,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
             _ if !in_tag => out.push(c),
             _ => {}
         }
     }
-    out.trim().to_string()
+    one_line(&out)
 }
 
 /// How this registry wants to be authenticated, learned from the ping.
@@ -749,7 +768,7 @@ fn basic_header(c: &Credential) -> Option<String> {
 
 /// The wait before retrying `resp`: its `Retry-After`, else the backoff; `retry_after` is capped so a
 /// registry cannot park us for an hour.
-fn retry_delay(resp: &Response, policy: &RetryPolicy, attempt: u32) -> Duration {
+pub(crate) fn retry_delay(resp: &Response, policy: &RetryPolicy, attempt: u32) -> Duration {
     retry_after(resp).map_or_else(|| policy.delay(attempt), |d| d.min(policy.max_delay * 3))
 }
 

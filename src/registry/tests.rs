@@ -1104,13 +1104,29 @@ fn too_many_requests() -> ScriptedResponse {
     oci_error(429, "TOOMANYREQUESTS", "rate limit exceeded").header("Retry-After", "1")
 }
 
-/// The time between the request answered 429 and the next request of the client.
+/// The time between the request answered 429 and the client's next request, not counting a DELETE that
+/// abandons the refused upload session (cleaning up is not retrying).
 #[track_caller]
 fn wait_after_429(server: &Server) -> Duration {
     let all = server.exchanges();
     let i = all.iter().position(|e| e.status == 429).expect("the 429 was served");
-    let next = all.get(i + 1).unwrap_or_else(|| panic!("no request after the 429: {all:?}"));
+    let next = all[i + 1..]
+        .iter()
+        .find(|e| e.request.method != "DELETE")
+        .unwrap_or_else(|| panic!("no request after the 429: {all:?}"));
     next.at.duration_since(all[i].at)
+}
+
+/// What the client sent after the 429, with delays, for failure messages.
+fn timeline(server: &Server) -> String {
+    let all = server.exchanges();
+    let start = all.iter().find(|e| e.status == 429).map_or_else(Instant::now, |e| e.at);
+    let lines: Vec<String> = all
+        .iter()
+        .filter(|e| e.at >= start)
+        .map(|e| format!("+{:?} {} {} -> {}", e.at - start, e.request.method, e.request.path_only(), e.status))
+        .collect();
+    lines.join(", ")
 }
 
 #[test]
@@ -1126,7 +1142,7 @@ fn retry_after_on_429_is_honoured_when_starting_an_upload() {
 
     assert!(started.elapsed() >= Duration::from_millis(900), "took only {:?}", started.elapsed());
     let waited = wait_after_429(&server);
-    assert!(waited >= Duration::from_millis(900), "Retry-After: 1 ignored: the next request came after {waited:?}");
+    assert!(waited >= Duration::from_millis(900), "Retry-After: 1 ignored: {}", timeline(&server));
     assert_eq!(server.of("POST").len(), 2);
     assert!(stored(&emulator, &want, &blob), "the registry must hold the exact blob");
 }
@@ -1143,7 +1159,7 @@ fn retry_after_on_429_is_honoured_for_a_chunk() {
 
     assert!(stored(&emulator, &want, &blob), "the registry must hold the exact blob");
     let waited = wait_after_429(&server);
-    assert!(waited >= Duration::from_millis(900), "Retry-After: 1 ignored: the next request came after {waited:?}");
+    assert!(waited >= Duration::from_millis(900), "Retry-After: 1 ignored: {}", timeline(&server));
 }
 
 #[test]
@@ -1159,7 +1175,7 @@ fn retry_after_on_429_is_honoured_for_a_monolithic_put() {
 
     assert!(stored(&emulator, &want, &blob), "the registry must hold the exact blob");
     let waited = wait_after_429(&server);
-    assert!(waited >= Duration::from_millis(900), "Retry-After: 1 ignored: the next request came after {waited:?}");
+    assert!(waited >= Duration::from_millis(900), "Retry-After: 1 ignored: {}", timeline(&server));
 }
 
 #[test]

@@ -118,7 +118,7 @@ impl<'r> Upload<'r> {
                 }
                 Ok(resp) if super::retryable_status(resp.status) && !give_up(failures + 1, self.reg) => {
                     failures += 1;
-                    self.reg.sleep(self.reg.retry.delay(failures))?;
+                    self.reg.sleep(super::retry_delay(&resp, &self.reg.retry, failures))?;
                     self.resync()?;
                 }
                 Err(Error::Registry(_)) if !give_up(failures + 1, self.reg) => {
@@ -282,7 +282,11 @@ pub fn put_monolithic(
                 failures,
             ));
         }
-        reg.sleep(reg.retry.delay(failures))?;
+        let delay = match &sent {
+            Ok(r) => super::retry_delay(r, &reg.retry, failures),
+            Err(_) => reg.retry.delay(failures),
+        };
+        reg.sleep(delay)?;
     }
 }
 
