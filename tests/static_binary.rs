@@ -302,3 +302,25 @@ fn static_binary_in_an_empty_chroot_pushes_over_https_with_ca_file() {
     assert_eq!(registry.count_requests("PUT", "/manifests/"), 2, "{:?}", registry.requests());
     chroot.assert_untouched();
 }
+
+/// `make image`: docker-idpb packs its own static binary as a scratch image (entrypoint, CA bundle),
+/// checked with skopeo and umoci.
+#[test]
+fn make_image_packs_the_static_binary_as_a_scratch_image() {
+    let binary = static_binary();
+    require_tool("umoci");
+    require_tool("skopeo");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `-o static`: the binary is already built (and checked current above); only the image recipe runs.
+    let out = run(Command::new("make").current_dir(root).args(["-o", "static", "image"]));
+    out.assert_success();
+    let layout = root.join("dist/image");
+    let tag = env!("CARGO_PKG_VERSION");
+    let config = skopeo_inspect_layout_config(&layout, tag);
+    assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/docker-idpb"]), "{config}");
+    let tmp = TempDir::new("make-image");
+    let rootfs = umoci_unpack(&layout, tag, &tmp.join("unpacked"));
+    let packed = fs::read(rootfs.join("docker-idpb")).expect("the binary is in the image");
+    assert!(packed == fs::read(&binary).expect("read dist/docker-idpb"), "the image holds dist/docker-idpb as built");
+    assert!(rootfs.join("etc/ssl/certs/ca-certificates.crt").is_file(), "the CA bundle is in the image");
+}

@@ -47,6 +47,14 @@ pub fn run(args: PushArgs) -> Result<()> {
     let names = target_names(&args.tag, default_name.as_deref())?;
     check_digest_file(args.digest_file.as_deref())?;
     let mut progress = Progress::new(args.quiet);
+    for n in &names {
+        if crate::idpbuilder::serves(n.api_host()) && n.tag_or_latest().chars().any(|c| c.is_ascii_uppercase()) {
+            progress.note(&format!(
+                "note: Gitea stores tags lowercased: {n} will be listed as :{}",
+                n.tag_or_latest().to_ascii_lowercase()
+            ));
+        }
+    }
 
     // Group targets by registry host, keeping the order of first appearance.
     let mut hosts: Vec<(String, Vec<String>)> = Vec::new();
