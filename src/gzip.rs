@@ -7,7 +7,7 @@
 //! outputs concatenate into one valid deflate stream. Because a block's bytes depend only on its input, the
 //! stream is the same whether one thread or sixteen compressed it, and whatever the `write` pattern of the
 //! stages above: reproducible digests survive parallelism. Workers take blocks from a queue and results are
-//! written back in order; at most two blocks per worker are in flight, so memory stays a few MiB. Starting
+//! written back in order; at most one block per worker plus one are in flight, so memory stays a few MiB. Starting
 //! every block afresh costs about 0.1% of size at 1 MiB blocks. With one core (or `IDPB_THREADS=1`) the
 //! blocks are compressed inline and no thread is started.
 
@@ -121,7 +121,7 @@ pub fn default_threads() -> usize {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .min(64)
+        .min(16)
 }
 
 impl<W: Write> GzipWriter<W> {
@@ -166,8 +166,8 @@ impl<W: Write> GzipWriter<W> {
         self.submitted += 1;
         let jobs = pool.jobs.as_ref().ok_or_else(|| io::Error::other("compressor already finished"))?;
         jobs.send((seq, input, last)).map_err(|_| io::Error::other("compressor thread stopped"))?;
-        // Keep at most two blocks per worker in flight; at the end, wait for all of them.
-        let limit = if last { 0 } else { pool.threads as u64 * 2 };
+        // Keep every worker busy plus one block queued; at the end, wait for all of them.
+        let limit = if last { 0 } else { pool.threads as u64 + 1 };
         while self.submitted - self.written > limit {
             self.collect_one()?;
         }

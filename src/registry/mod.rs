@@ -83,6 +83,8 @@ pub struct Request<'a> {
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
     pub body: &'a [u8],
+    /// A large body shared with the caller instead of `body` (an upload chunk): sent without a copy.
+    pub shared: Option<SharedBody>,
     /// The repository whose scope the request needs (None for `/v2/` and the catalog).
     pub repository: Option<String>,
     /// What the request is for, in the user's words ("upload layer chunk").
@@ -100,6 +102,7 @@ impl<'a> Request<'a> {
             url: url.into(),
             headers: Vec::new(),
             body: &[],
+            shared: None,
             repository: None,
             what,
             retry: true,
@@ -117,6 +120,12 @@ impl<'a> Request<'a> {
         self
     }
 
+    /// `range` of `data` as the body, shared rather than copied.
+    pub fn shared_body(mut self, data: std::sync::Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Self {
+        self.shared = Some(SharedBody { data, range });
+        self
+    }
+
     pub fn repository(mut self, repo: &str) -> Self {
         self.repository = Some(repo.to_string());
         self
@@ -125,6 +134,43 @@ impl<'a> Request<'a> {
     pub fn no_retry(mut self) -> Self {
         self.retry = false;
         self
+    }
+}
+
+/// Part of a buffer owned jointly by the caller and the request's worker thread.
+#[derive(Debug, Clone)]
+pub struct SharedBody {
+    data: std::sync::Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl SharedBody {
+    fn len(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// A request body the worker thread owns.
+enum OwnedBody {
+    None,
+    Bytes(Vec<u8>),
+    Shared(SharedBody),
+}
+
+/// Reads a [`SharedBody`] (what ureq sends from).
+struct SharedReader {
+    body: SharedBody,
+    pos: usize,
+}
+
+impl Read for SharedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let data = self.body.data.get(self.body.range.clone()).unwrap_or_default();
+        let rest = data.get(self.pos..).unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -601,24 +647,48 @@ impl Registry {
         timeout: Duration,
     ) -> Result<Response> {
         let url = self.resolve(&req.url);
-        let mut builder = http::Request::builder().method(req.method).uri(&url);
-        for (k, v) in &req.headers {
-            builder = builder.header(*k, v);
-        }
+        let mut headers: Vec<(&'static str, String)> = req.headers.clone();
         if let Some(a) = auth {
             // Never over plain HTTP to a host that is not loopback.
             if url.starts_with("https://") || is_loopback_host(&self.host) {
-                builder = builder.header("Authorization", a);
+                headers.push(("Authorization", a.to_string()));
             }
         }
-        let request = builder
-            .body(req.body.to_vec())
+        // The worker thread may outlive this call (when abandoned), so what it sends must be owned: small
+        // bodies are copied, upload chunks shared.
+        let body = match &req.shared {
+            Some(shared) => OwnedBody::Shared(shared.clone()),
+            None if req.body.is_empty() => OwnedBody::None,
+            None => OwnedBody::Bytes(req.body.to_vec()),
+        };
+        http::Request::builder()
+            .method(req.method)
+            .uri(&url)
+            .body(())
             .map_err(|e| Error::Registry(format!("invalid request URL {}: {e}", path_of(&url))))?;
         *self.sent.entry(req.method).or_default() += 1;
         let agent = self.agent.clone();
+        let method = req.method;
         let read_body = req.method != "HEAD";
+        let thread_url = url.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut builder = http::Request::builder().method(method).uri(&thread_url);
+            for (k, v) in &headers {
+                builder = builder.header(*k, v);
+            }
+            let body = match body {
+                OwnedBody::None => ureq::SendBody::none(),
+                OwnedBody::Bytes(bytes) => {
+                    builder = builder.header("Content-Length", bytes.len().to_string());
+                    ureq::SendBody::from_owned_reader(std::io::Cursor::new(bytes))
+                }
+                OwnedBody::Shared(shared) => {
+                    builder = builder.header("Content-Length", shared.len().to_string());
+                    ureq::SendBody::from_owned_reader(SharedReader { body: shared, pos: 0 })
+                }
+            };
+            let Ok(request) = builder.body(body) else { return };
             let result = agent.run(request).map(|mut resp| {
                 let status = resp.status().as_u16();
                 let headers: Vec<(String, String)> = resp

@@ -71,27 +71,31 @@ impl<'r> Upload<'r> {
         self.chunk.get().max(self.min_chunk).max(1)
     }
 
-    /// Sends everything buffered, in chunks of the current size, resuming after failures.
+    /// Sends everything buffered, in chunks of the current size, resuming after failures. The buffer is
+    /// shared with the request threads rather than copied, and reused afterwards when they are done.
     fn drain(&mut self) -> Result<()> {
+        let data = std::sync::Arc::new(std::mem::take(&mut self.buf));
+        let mut start = 0;
         let mut failures = 0u32;
         let started = std::time::Instant::now();
-        while !self.buf.is_empty() {
-            let n = self.buf.len().min(self.chunk_size());
+        while start < data.len() {
+            let n = (data.len() - start).min(self.chunk_size());
             let end = self.acked + n as u64 - 1;
             let req = Request::new("PATCH", self.location.clone(), "upload blob chunk")
                 .repository(&self.repo)
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", format!("{}-{end}", self.acked))
-                .body(&self.buf[..n])
+                .shared_body(std::sync::Arc::clone(&data), start..start + n)
                 .no_retry();
             let outcome = self.reg.send(&req);
             let give_up =
                 |failures: u32, reg: &Registry| failures >= reg.retry.attempts || started.elapsed() >= reg.retry.budget;
+            let pending = data.len() - start;
             match outcome {
                 Ok(resp) if matches!(resp.status, 202 | 201 | 204) => {
                     self.location = location(self.reg, &req, &resp).unwrap_or_else(|_| self.location.clone());
                     self.acked += n as u64;
-                    self.buf.drain(..n);
+                    start += n;
                     failures = 0;
                 }
                 Ok(resp) if (resp.status == 413 || resp.status == 416) && self.chunk.get() > MIN_CHUNK => {
@@ -99,7 +103,7 @@ impl<'r> Upload<'r> {
                     // A 416 can also mean we are out of step; the resync below settles which.
                     self.chunk.set((self.chunk.get() / 2).max(MIN_CHUNK));
                     if resp.status == 416 {
-                        self.resync()?;
+                        start += self.resync(pending)?;
                     }
                 }
                 Ok(resp) if matches!(resp.status, 405 | 501) => {
@@ -119,12 +123,12 @@ impl<'r> Upload<'r> {
                 Ok(resp) if super::retryable_status(resp.status) && !give_up(failures + 1, self.reg) => {
                     failures += 1;
                     self.reg.sleep(super::retry_delay(&resp, &self.reg.retry, failures))?;
-                    self.resync()?;
+                    start += self.resync(pending)?;
                 }
                 Err(Error::Registry(_)) if !give_up(failures + 1, self.reg) => {
                     failures += 1;
                     self.reg.sleep(self.reg.retry.delay(failures))?;
-                    self.resync()?;
+                    start += self.resync(pending)?;
                 }
                 Ok(resp) => {
                     let err = self.reg.status_error(&req, &resp);
@@ -133,11 +137,15 @@ impl<'r> Upload<'r> {
                 Err(e) => return Err(with_attempts(e, failures + 1)),
             }
         }
+        // Reuse the buffer unless an abandoned request thread still holds it.
+        self.buf = std::sync::Arc::try_unwrap(data).unwrap_or_else(|_| Vec::with_capacity(self.chunk_size()));
+        self.buf.clear();
         Ok(())
     }
 
-    /// Asks the session how many bytes it has and drops those from the buffer.
-    fn resync(&mut self) -> Result<()> {
+    /// Asks the session how many bytes it has; returns how many of the `pending` unacknowledged bytes it
+    /// already stored (to be skipped).
+    fn resync(&mut self, pending: usize) -> Result<usize> {
         let req = Request::new("GET", self.location.clone(), "check upload status").repository(&self.repo);
         let resp = self.reg.send(&req)?;
         if resp.status == 404 {
@@ -158,18 +166,17 @@ impl<'r> Upload<'r> {
             Some(end) if end > 0 => end + 1,
             _ => 0,
         };
-        if have < self.acked || have > self.acked + self.buf.len() as u64 {
+        if have < self.acked || have > self.acked + pending as u64 {
             // The session has less than we know was acknowledged, or more than we sent: start over.
             return Err(Error::UploadLost(format!(
                 "the upload session is at byte {have}, expected {}..{}",
                 self.acked,
-                self.acked + self.buf.len() as u64
+                self.acked + pending as u64
             )));
         }
         let skip = (have - self.acked) as usize;
-        self.buf.drain(..skip);
         self.acked = have;
-        Ok(())
+        Ok(skip)
     }
 
     /// Sends whatever is buffered and closes the session under `digest`.
