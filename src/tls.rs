@@ -48,7 +48,7 @@ impl TlsOptions {
             Transport::Http
         } else if self.verify == Some(true) {
             Transport::Https
-        } else if self.insecure || self.verify == Some(false) || is_loopback_host(host) || resolves_to_loopback(host) {
+        } else if self.insecure || self.verify == Some(false) || is_loopback(host) {
             Transport::InsecureHttps
         } else {
             Transport::Https
@@ -100,6 +100,12 @@ impl TlsOptions {
         }
         Ok(builder.root_certs(RootCerts::new_with_certs(&roots)).client_cert(client).build())
     }
+}
+
+/// Whether `host` is loopback as Docker decides it: by name (127.0.0.0/8, ::1, localhost, *.localtest.me)
+/// or because every address it resolves to is loopback.
+pub fn is_loopback(host: &str) -> bool {
+    is_loopback_host(host) || resolves_to_loopback(host)
 }
 
 /// Whether every address `host` resolves to is loopback (Docker decides by address, so a name mapped to

@@ -297,6 +297,8 @@ pub struct Registry {
     retry: RetryPolicy,
     /// How long one request may take before it is abandoned.
     request_timeout: Duration,
+    /// Whether the registry is on loopback (by name or resolved address), decided once.
+    loopback: bool,
     /// Requests sent, by method, for the JSON report and tests.
     pub sent: HashMap<&'static str, u64>,
 }
@@ -338,6 +340,7 @@ impl Registry {
             tokens: HashMap::new(),
             retry: opts.retry.clone(),
             request_timeout: timeout,
+            loopback: crate::tls::is_loopback(host),
             sent: HashMap::new(),
         };
         let schemes: &[&str] = match transport {
@@ -353,11 +356,10 @@ impl Registry {
                     if transport == Transport::InsecureHttps {
                         let how =
                             if *scheme == "http" { "plain HTTP" } else { "HTTPS without certificate verification" };
-                        let why =
-                            if is_loopback_host(host) { "a loopback registry, as Docker does" } else { "--insecure" };
+                        let why = if reg.loopback { "a loopback registry, as Docker does" } else { "--insecure" };
                         progress.note(&format!("note: {host} is reached over {how} ({why})"));
                     }
-                    if *scheme == "http" && !is_loopback_host(host) && reg.credential.is_some() {
+                    if *scheme == "http" && !reg.loopback && reg.credential.is_some() {
                         return Err(Error::Auth(format!(
                             "refusing to send credentials for {host} over plain HTTP; use HTTPS (drop --plain-http) \
                              or a loopback address"
@@ -421,6 +423,16 @@ impl Registry {
             _ => return Err(self.status_error(&req, &resp)),
         }
         Ok(())
+    }
+
+    /// Whether a secret may travel to `url`: over HTTPS, or over plain HTTP only to a loopback host (this
+    /// registry when it is loopback by name or address; any other host by name).
+    fn may_send_secrets(&self, url: &str) -> bool {
+        if url.starts_with("https://") {
+            return true;
+        }
+        let host = path_host(url);
+        if host.eq_ignore_ascii_case(&self.host) { self.loopback } else { is_loopback_host(&host) }
     }
 
     /// Whether `url` (absolute) points at this registry's host and port.
@@ -580,6 +592,13 @@ impl Registry {
         query.push(format!("scope={}", query_escape(scope)));
         let resp = match self.credential.as_ref().map(|c| &c.secret) {
             Some(Secret::RegistryToken { token }) => return Ok(token.clone()),
+            Some(Secret::IdentityToken { .. }) if !self.may_send_secrets(realm) => {
+                return Err(Error::Auth(format!(
+                    "refusing to send the identity token to {} over plain HTTP; the registry's token server must \
+                     use HTTPS",
+                    path_host(realm)
+                )));
+            }
             Some(Secret::IdentityToken { token }) => {
                 let mut form =
                     format!("grant_type=refresh_token&refresh_token={}&client_id=docker-idpb", query_escape(token));
@@ -650,7 +669,7 @@ impl Registry {
         let mut headers: Vec<(&'static str, String)> = req.headers.clone();
         if let Some(a) = auth {
             // Never over plain HTTP to a host that is not loopback.
-            if url.starts_with("https://") || is_loopback_host(&self.host) {
+            if self.may_send_secrets(&url) {
                 headers.push(("Authorization", a.to_string()));
             }
         }
@@ -759,7 +778,7 @@ impl Registry {
             .uri(&url)
             .header("Content-Type", "application/octet-stream")
             .header("Content-Length", size.to_string());
-        if let Some(a) = auth.filter(|_| url.starts_with("https://") || is_loopback_host(&self.host)) {
+        if let Some(a) = auth.filter(|_| self.may_send_secrets(&url)) {
             builder = builder.header("Authorization", a);
         }
         let request = builder
