@@ -7,7 +7,6 @@
 
 mod support;
 
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -27,77 +26,6 @@ fn build<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>, envs: &[(
         cmd.env(key, value);
     }
     cmd.run()
-}
-
-/// Builds `context` into `layout` as `tag`, asserts success and returns the manifest digest.
-#[track_caller]
-fn build_digest(context: &Path, layout: &Path, tag: &str, extra: &[&str], envs: &[(&str, &str)]) -> String {
-    let mut args: Vec<String> = vec![path_str(context), "--oci-layout".into(), path_str(layout), "-t".into()];
-    args.push(tag.into());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let output = build(&args, envs);
-    output.assert_success();
-    let lines = result_lines(&output);
-    assert_eq!(lines.len(), 1, "one tag, one line: {output}");
-    assert_eq!(lines[0].0, tag, "{output}");
-    lines[0].1.clone()
-}
-
-/// `NAME@sha256:HEX SIZE` lines of stdout as (name, digest, size); panics on any other line.
-#[track_caller]
-fn result_lines(output: &Output) -> Vec<(String, String, u64)> {
-    output
-        .stdout
-        .lines()
-        .map(|line| {
-            let (reference, size) = line.split_once(' ').unwrap_or_else(|| panic!("no size in {line:?}: {output}"));
-            let (name, digest) = reference.split_once('@').unwrap_or_else(|| panic!("no digest in {line:?}"));
-            assert_digest(digest);
-            let size = size.parse().unwrap_or_else(|e| panic!("bad size in {line:?} ({e}): {output}"));
-            (name.to_string(), digest.to_string(), size)
-        })
-        .collect()
-}
-
-#[track_caller]
-fn assert_digest(digest: &str) {
-    let hex = digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("{digest:?} is not a sha256 digest"));
-    assert!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "{digest:?} is not a sha256 digest"
-    );
-}
-
-fn path_str(path: &Path) -> String {
-    path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display())).to_string()
-}
-
-fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-#[track_caller]
-fn read_json(path: &Path) -> serde_json::Value {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-/// Runs a peer tool and asserts it succeeded.
-#[track_caller]
-fn checked(cmd: &mut Command) -> Output {
-    let output = run(cmd);
-    output.assert_success();
-    output
-}
-
-/// `skopeo inspect --raw oci:LAYOUT:TAG`: the manifest as stored.
-fn skopeo_layout_manifest(layout: &Path, tag: &str) -> serde_json::Value {
-    let output = checked(
-        Command::new(require_tool("skopeo"))
-            .args(["--insecure-policy", "inspect", "--raw"])
-            .arg(format!("oci:{}:{tag}", layout.display())),
-    );
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("skopeo printed no JSON ({e}): {output}"))
 }
 
 /// Sets the access and modification time of everything under `dir` (links themselves, not their targets).
@@ -400,7 +328,7 @@ fn skopeo_shows_every_image_flag() {
     assert_eq!(config["rootfs"]["type"], "layers");
     assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([result["diff_id"]]), "{config}");
 
-    let manifest = skopeo_layout_manifest(&layout, "json");
+    let manifest = skopeo_inspect_layout_raw(&layout, "json");
     assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json", "{manifest}");
     assert_eq!(manifest["config"]["digest"], result["config_digest"], "{manifest}");
     assert_eq!(manifest["layers"][0]["digest"], result["layer_digest"], "{manifest}");
@@ -441,7 +369,7 @@ fn skopeo_shows_every_image_flag() {
             "{absent} was not asked for: {config}"
         );
     }
-    let manifest = skopeo_layout_manifest(&layout, "none");
+    let manifest = skopeo_inspect_layout_raw(&layout, "none");
     assert!(manifest["annotations"].as_object().is_none_or(|a| a.is_empty()), "{manifest}");
 }
 
@@ -472,7 +400,7 @@ fn tar_output_is_a_consistent_layout_with_manifest_json() {
         &[],
     );
     output.assert_success();
-    let lines = result_lines(&output);
+    let lines = built_lines(&output);
     assert_eq!(lines.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(), tags, "{output}");
     let digest = lines[0].1.clone();
     assert!(lines.iter().all(|l| l.1 == digest), "one image, several names: {output}");
@@ -565,7 +493,7 @@ fn digest_depends_on_content_not_on_mtimes_paths_or_runs() {
         from_inside.current_dir(&copy).args(["build", ".", "--oci-layout"]).arg(layout("dot")).args(["-t", "repro:1"]);
     let out = out.run();
     out.assert_success();
-    assert_eq!(result_lines(&out)[0].1, first, "built as `.`: {out}");
+    assert_eq!(built_lines(&out)[0].1, first, "built as `.`: {out}");
 
     // --preserve-mtime keeps the real times, so a touch shows.
     let preserved = build_digest(&context, &layout("preserve-a"), "repro:1", &["--preserve-mtime"], &[]);
@@ -848,7 +776,7 @@ fn default_tag_quiet_digest_file_json_and_local_store() {
     let loud = build([path_str(&context), "--oci-layout".into(), path_str(&layout)], &[]);
     loud.assert_success();
     assert!(!loud.stderr.is_empty(), "progress goes to stderr without -q: {loud}");
-    let lines = result_lines(&loud);
+    let lines = built_lines(&loud);
     assert_eq!(lines.len(), 1, "{loud}");
     assert_eq!(lines[0].0, "my_app:latest", "the directory's name, lowercased: {loud}");
     let (_, digest, total_size) = lines[0].clone();

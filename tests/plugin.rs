@@ -13,15 +13,13 @@
 mod support;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::{self, JoinHandle};
+use std::process::Command;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::*;
 
@@ -39,22 +37,6 @@ const USER: &str = "alice";
 const PASSWORD: &str = "c0rrect-h0rse:PW@1";
 const WRONG_PASSWORD: &str = "Wr0ng-Secret-zz9";
 
-/// Every manifest type: the reference registry serves a manifest only to a client that accepts its type.
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
-     application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, \
-     application/vnd.docker.distribution.manifest.list.v2+json";
-
-fn path_str(path: &Path) -> String {
-    path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display())).to_string()
-}
-
-fn write_file(path: &Path, contents: &[u8]) {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
-    }
-    fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-}
-
 fn write_executable(path: &Path, script: &str) {
     write_file(path, script.as_bytes());
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
@@ -63,12 +45,6 @@ fn write_executable(path: &Path, script: &str) {
 
 fn read_text(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
-}
-
-/// A small context: a text file and 64 KiB of incompressible data in a subdirectory.
-fn make_small_context(dir: &Path, marker: &str) {
-    write_file(&dir.join("hello.txt"), format!("hello from {marker}\n").as_bytes());
-    write_file(&dir.join("sub/data.bin"), &pseudo_random_bytes(0x5eed, 64 * 1024));
 }
 
 /// A ~60 MB incompressible context: with 256 KiB chunks its upload takes hundreds of PATCHes, long enough
@@ -101,97 +77,7 @@ fn docker_cli() -> IdpbCommand {
 
 /// The metadata the repository ships for packagers.
 fn shipped_metadata() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/metadata.json");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-/// A started command whose stdout and stderr are drained on threads; killed on drop if still running.
-struct Background {
-    child: Child,
-    command: String,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-}
-
-impl Background {
-    /// Starts `cmd` with `stdin` written then closed (or no stdin at all), never on a TTY.
-    fn spawn(cmd: &mut IdpbCommand, stdin: Option<&str>) -> Background {
-        let command = cmd.command();
-        let mut words = vec![command.get_program().to_string_lossy().into_owned()];
-        words.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
-        let description = words.join(" ");
-        let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
-        command.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start `{description}`: {e}"));
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A process that exits before reading its stdin shows up in its output, not as a panic here.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        Background { child, command: description, stdout: Some(stdout), stderr: Some(stderr) }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits for the exit; panics with what it printed (after killing it) when it outlives `timeout`.
-    fn finish(&mut self, timeout: Duration) -> Output {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-                Err(e) => panic!("cannot wait for `{}`: {e}", self.command),
-            }
-        };
-        let text = |h: Option<JoinHandle<Vec<u8>>>| {
-            String::from_utf8_lossy(&h.and_then(|h| h.join().ok()).unwrap_or_default()).into_owned()
-        };
-        let output = Output {
-            command: self.command.clone(),
-            code: status.and_then(|s| s.code()),
-            stdout: text(self.stdout.take()),
-            stderr: text(self.stderr.take()),
-        };
-        assert!(status.is_some(), "still running after {timeout:?}, killed: {output}");
-        output
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        bytes
-    })
-}
-
-/// Runs `cmd` with `stdin` as its standard input.
-fn run_with_stdin(cmd: &mut IdpbCommand, stdin: &str) -> Output {
-    Background::spawn(cmd, Some(stdin)).finish(DEFAULT_TIMEOUT)
+    read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/metadata.json"))
 }
 
 fn sigint(pid: u32) {
@@ -248,67 +134,6 @@ fn wait_for_log(registry: &Registry, needle: &str, timeout: Duration) -> bool {
     false
 }
 
-/// `Authorization` (if the registry wants one) and `Accept` headers for a read of `repo`.
-fn read_headers(registry: &Registry, repo: &str) -> Vec<(String, String)> {
-    let mut headers = vec![("Accept".to_string(), MANIFEST_ACCEPT.to_string())];
-    if let Some(auth) = registry.auth_header(Some(&format!("repository:{repo}:pull"))) {
-        headers.push(("Authorization".to_string(), auth));
-    }
-    headers
-}
-
-fn get(registry: &Registry, method: &str, path: &str, repo: &str) -> HttpResponse {
-    let headers = read_headers(registry, repo);
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    registry.request(method, path, &headers, None)
-}
-
-/// The digest the registry holds for `repo:tag`, or `None` when it has none.
-fn stored_digest(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
-    let response = get(registry, "HEAD", &format!("/v2/{repo}/manifests/{tag}"), repo);
-    match response.status {
-        200 => response.header("docker-content-digest").map(str::to_string),
-        404 => None,
-        status => panic!("HEAD {repo}:{tag} answered {status}: {response:?}"),
-    }
-}
-
-/// The tags of `repo` (none when the repository does not exist).
-fn tag_list(registry: &Registry, repo: &str) -> Vec<String> {
-    let response = get(registry, "GET", &format!("/v2/{repo}/tags/list"), repo);
-    match response.status {
-        404 => Vec::new(),
-        200 => strings(&response.json()["tags"]),
-        status => panic!("tags/list of {repo} answered {status}: {}", response.text()),
-    }
-}
-
-/// A JSON array of strings as a `Vec` (null and non-strings give nothing).
-fn strings(value: &Value) -> Vec<String> {
-    value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
-}
-
-#[track_caller]
-fn assert_digest(digest: &str) {
-    let hex = digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("{digest:?} is not a sha256 digest"));
-    assert!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "{digest:?} is not a sha256 digest"
-    );
-}
-
-/// Asserts a successful push of exactly `target` (one `REF@DIGEST` line) and returns the digest.
-#[track_caller]
-fn pushed_digest(output: &Output, target: &str) -> String {
-    output.assert_success();
-    let lines: Vec<&str> = output.stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one tag, one line: {output}");
-    let (reference, digest) = lines[0].rsplit_once('@').unwrap_or_else(|| panic!("no @digest: {output}"));
-    assert_eq!(reference, target, "{output}");
-    assert_digest(digest);
-    digest.to_string()
-}
-
 /// Asserts a failure with exit `code`, nothing on stdout and a one-line `docker-idpb: ` error holding every
 /// one of `needles`.
 #[track_caller]
@@ -320,13 +145,6 @@ fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
     assert_eq!(errors.len(), 1, "one error line: {output}");
     for needle in needles {
         assert!(errors[0].contains(needle), "the error mentions {needle:?}: {output}");
-    }
-}
-
-#[track_caller]
-fn assert_no_secret(output: &Output, secrets: &[&str]) {
-    for secret in secrets {
-        assert!(!output.stdout.contains(secret) && !output.stderr.contains(secret), "{secret:?} leaked: {output}");
     }
 }
 
@@ -362,11 +180,7 @@ fn docker_idpb_push_streams_a_context_and_passes_exit_codes_through() {
     let digest = pushed_digest(&output, &target);
     assert_eq!(stored_digest(&registry, "ns/app", "1"), Some(digest), "{output}");
 
-    let layout = tmp.join("pulled");
-    skopeo_copy_to_oci(&registry, "ns/app:1", &layout, "pulled");
-    let rootfs = umoci_unpack(&layout, "pulled", &tmp.join("bundle"));
-    let ignore: Vec<&str> = excluded.iter().map(String::as_str).collect();
-    assert_same_tree(&context, &rootfs, &ignore);
+    assert_pulls_as(&registry, "ns/app:1", &context, &excluded, &tmp);
 
     // A usage error (exit 2) and a registry failure (exit 1) come out of docker unchanged, with our line.
     let bad = registry.reference("ns/App:1");
@@ -855,9 +669,7 @@ fn push_to_the_idpbuilder_host_gets_the_gitea_admin_without_a_login() {
 // 4. login and logout: config.json at 0600, or the configured credential store.
 
 fn config_json(dir: &Path) -> Value {
-    let path = dir.join("config.json");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text}", path.display()))
+    read_json(&dir.join("config.json"))
 }
 
 fn mode(path: &Path) -> u32 {
@@ -1046,26 +858,10 @@ fn host_architecture() -> &'static str {
     }
 }
 
-/// `skopeo copy [extra] oci:LAYOUT:TAG docker://REGISTRY/REFERENCE` with the registry's CA and credentials.
-fn skopeo_copy_from_layout(extra: &[&str], layout: &Path, tag: &str, registry: &Registry, reference: &str) {
-    let mut cmd = Command::new(require_tool("skopeo"));
-    cmd.args(["--insecure-policy", "copy"]).args(extra);
-    match registry.trust_dir() {
-        Some(dir) => cmd.arg("--dest-cert-dir").arg(dir),
-        None => cmd.arg("--dest-tls-verify=false"),
-    };
-    match registry.creds() {
-        Some((user, pass)) => cmd.arg("--dest-creds").arg(format!("{user}:{pass}")),
-        None => cmd.arg("--dest-no-creds"),
-    };
-    cmd.arg(format!("oci:{}:{tag}", layout.display())).arg(format!("docker://{}", registry.reference(reference)));
-    run(&mut cmd).assert_success();
-}
-
 /// Adds an OCI index of every image in `layout` to the layout, named `tag`.
 fn add_index(layout: &Path, tag: &str) {
     let index_path = layout.join("index.json");
-    let mut index: Value = serde_json::from_str(&read_text(&index_path)).unwrap_or_else(|e| panic!("{e}"));
+    let mut index = read_json(&index_path);
     let mut manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     for m in &mut manifests {
         if let Some(m) = m.as_object_mut() {
@@ -1078,11 +874,11 @@ fn add_index(layout: &Path, tag: &str) {
         "manifests": manifests,
     })
     .to_string();
-    let hex = hex::encode(Sha256::digest(blob.as_bytes()));
-    write_file(&layout.join("blobs/sha256").join(&hex), blob.as_bytes());
+    let digest = sha256_digest(blob.as_bytes());
+    write_file(&layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:")), blob.as_bytes());
     let entry = json!({
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "digest": format!("sha256:{hex}"),
+        "digest": digest,
         "size": blob.len(),
         "annotations": {"org.opencontainers.image.ref.name": tag},
     });
@@ -1175,9 +971,9 @@ fn registry_commands(mode: RegistryMode) {
         cmd.run().assert_success();
     }
     add_index(&layout, "multi");
-    skopeo_copy_from_layout(&["--format", "v2s2"], &layout, "amd", &registry, "ns/v2s2:1");
-    skopeo_copy_from_layout(&["--multi-arch", "all"], &layout, "multi", &registry, "ns/multi:oci");
-    skopeo_copy_from_layout(&["--multi-arch", "all", "--format", "v2s2"], &layout, "multi", &registry, "ns/multi:v2");
+    skopeo_push_oci_with(&["--format", "v2s2"], &layout, "amd", &registry, "ns/v2s2:1");
+    skopeo_push_oci_with(&["--multi-arch", "all"], &layout, "multi", &registry, "ns/multi:oci");
+    skopeo_push_oci_with(&["--multi-arch", "all", "--format", "v2s2"], &layout, "multi", &registry, "ns/multi:v2");
 
     let reference = registry.reference("ns/v2s2:1");
     let shown = parse_json(&read_command(&registry, &["inspect", &reference, "--format", "json"]));

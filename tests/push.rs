@@ -13,11 +13,9 @@ mod support;
 
 use serde_json::{Value, json};
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
@@ -49,10 +47,6 @@ const IMAGE_FLAGS: &[&str] = &[
     "53/udp",
 ];
 
-/// Both manifest types, as the reference registry wants an OCI type in `Accept` to serve OCI manifests.
-const MANIFEST_ACCEPT: &str =
-    "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-
 /// `docker-idpb push ARGS` in an isolated environment (not run yet).
 fn push_command<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> IdpbCommand {
     let mut cmd = IdpbCommand::new();
@@ -65,87 +59,6 @@ fn push<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output 
     push_command(args).run()
 }
 
-/// A started command, for tests that feed its stdin or signal it. The [`IdpbCommand`] must outlive it.
-struct Running {
-    child: Child,
-    command: String,
-}
-
-impl Running {
-    /// Starts `cmd` with stdout and stderr piped and `stdin` (if any) written then closed.
-    fn start(cmd: &mut IdpbCommand, stdin: Option<&str>) -> Running {
-        let command = cmd.command();
-        let mut words = vec![command.get_program().to_string_lossy().into_owned()];
-        words.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
-        let description = words.join(" ");
-        let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
-        command.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start `{description}`: {e}"));
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A process that exits before reading its stdin shows up in its output, not as a panic here.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        Running { child, command: description }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the exit (killing the process after [`DEFAULT_TIMEOUT`]) and collects its output.
-    fn finish(self) -> Output {
-        let Running { child, command } = self;
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(DEFAULT_TIMEOUT) {
-            Ok(Ok(out)) => Output {
-                command,
-                code: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            },
-            Ok(Err(e)) => panic!("cannot wait for `{command}`: {e}"),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                panic!("`{command}` did not finish within {DEFAULT_TIMEOUT:?}; killed")
-            }
-        }
-    }
-}
-
-/// Runs `cmd` with `stdin` as its standard input (for `--password-stdin`).
-fn run_with_stdin(cmd: &mut IdpbCommand, stdin: &str) -> Output {
-    Running::start(cmd, Some(stdin)).finish()
-}
-
-/// The `REF@sha256:HEX` lines of a text-mode push, as (reference, digest); panics on any other line.
-#[track_caller]
-fn pushed_lines(output: &Output) -> Vec<(String, String)> {
-    output
-        .stdout
-        .lines()
-        .map(|line| {
-            let (reference, digest) =
-                line.rsplit_once('@').unwrap_or_else(|| panic!("no @digest in {line:?}: {output}"));
-            assert_digest(digest);
-            (reference.to_string(), digest.to_string())
-        })
-        .collect()
-}
-
-/// Asserts a successful push of exactly `target` and returns the manifest digest it printed.
-#[track_caller]
-fn pushed_digest(output: &Output, target: &str) -> String {
-    output.assert_success();
-    let lines = pushed_lines(output);
-    assert_eq!(lines.len(), 1, "one tag, one line: {output}");
-    assert_eq!(lines[0].0, target, "{output}");
-    lines[0].1.clone()
-}
-
 /// The `--format json` result of a successful push.
 #[track_caller]
 fn json_result(output: &Output) -> Value {
@@ -153,24 +66,10 @@ fn json_result(output: &Output) -> Value {
     serde_json::from_str(output.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {output}"))
 }
 
-/// A JSON array of strings as a `Vec`.
-fn strings(value: &Value) -> Vec<String> {
-    value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
-}
-
-#[track_caller]
-fn assert_digest(digest: &str) {
-    let hex = digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("{digest:?} is not a sha256 digest"));
-    assert!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "{digest:?} is not a sha256 digest"
-    );
-}
-
 /// Asserts a failed push: exit `code`, nothing on stdout, one `docker-idpb: ` line on stderr (the push runs
-/// with -q) containing every one of `needles`, no panic. Returns that line.
+/// with -q) containing every one of `needles`, no panic.
 #[track_caller]
-fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) -> String {
+fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
     output.assert_code(code);
     assert!(!output.stderr.contains("panicked"), "a panic: {output}");
     assert!(output.stdout.trim().is_empty(), "nothing on stdout: {output}");
@@ -180,40 +79,6 @@ fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) -> String {
     for needle in needles {
         assert!(lines[0].contains(needle), "the error mentions {needle:?}: {output}");
     }
-    lines[0].to_string()
-}
-
-/// The digest the registry holds for `repo:tag` (HEAD, with credentials), or `None` when it has none.
-fn stored_digest(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
-    let scope = format!("repository:{repo}:pull");
-    let auth = registry.auth_header(Some(&scope));
-    let mut headers = vec![("Accept", MANIFEST_ACCEPT)];
-    if let Some(auth) = &auth {
-        headers.push(("Authorization", auth.as_str()));
-    }
-    let response = registry.request("HEAD", &format!("/v2/{repo}/manifests/{tag}"), &headers, None);
-    match response.status {
-        200 => Some(
-            response
-                .header("docker-content-digest")
-                .unwrap_or_else(|| panic!("no Docker-Content-Digest for {repo}:{tag}: {response:?}"))
-                .to_string(),
-        ),
-        404 => None,
-        status => panic!("HEAD {repo}:{tag} answered {status}: {response:?}"),
-    }
-}
-
-/// Pulls `reference` (`repo:tag`) with skopeo into an OCI layout, unpacks it with umoci and compares the
-/// tree with `context`, leaving out `excluded`.
-#[track_caller]
-fn assert_pulls_as(registry: &Registry, reference: &str, context: &Path, excluded: &[String], tmp: &TempDir) {
-    let label = reference.replace(['/', ':'], "-");
-    let layout = tmp.join(format!("pulled-{label}"));
-    skopeo_copy_to_oci(registry, reference, &layout, "pulled");
-    let rootfs = umoci_unpack(&layout, "pulled", &tmp.join(format!("bundle-{label}")));
-    let ignore: Vec<&str> = excluded.iter().map(String::as_str).collect();
-    assert_same_tree(context, &rootfs, &ignore);
 }
 
 /// What [`IMAGE_FLAGS`] must have put in the config.
@@ -232,23 +97,6 @@ fn assert_image_flags(config: &Value) {
     assert_eq!(config["os"], "linux", "{config}");
     assert_eq!(config["rootfs"]["type"], "layers", "{config}");
     assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(1), "one layer: {config}");
-}
-
-/// A small context: a text file and 64 KiB of incompressible data in a subdirectory.
-fn make_small_context(dir: &Path, marker: &str) {
-    write_file(&dir.join("hello.txt"), format!("hello from {marker}\n").as_bytes());
-    write_file(&dir.join("sub/data.bin"), &pseudo_random_bytes(0x5eed, 64 * 1024));
-}
-
-fn write_file(path: &Path, contents: &[u8]) {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
-    }
-    fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-}
-
-fn path_str(path: &Path) -> String {
-    path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display())).to_string()
 }
 
 /// Counts PATCH requests to any upload session.
@@ -522,9 +370,7 @@ fn credentials_from_a_credential_helper_beat_auths() {
     assert_eq!(stored_digest(&registry, "ns/creds", "helper"), Some(digest));
     let asked = fs::read_to_string(&asked).unwrap_or_else(|e| panic!("the helper was never run ({e}): {output}"));
     assert!(asked.lines().all(|l| l == host), "the helper is asked for {host:?}: {asked:?}");
-    for secret in [PASSWORD, WRONG_PASSWORD] {
-        assert!(!output.stderr.contains(secret) && !output.stdout.contains(secret), "a secret leaked: {output}");
-    }
+    assert_no_secret(&output, &[PASSWORD, WRONG_PASSWORD]);
 
     // credsStore names the same helper for every registry.
     let target = registry.reference("ns/creds:store");
@@ -576,10 +422,8 @@ fn credentials_from_idpb_variables_and_docker_auth_config() {
 /// Asserts the wrong-password failure: exit 1, one line that names `docker login`, no secret anywhere.
 #[track_caller]
 fn assert_refused_without_leaking(output: &Output, host: &str) {
-    let line = assert_clean_error(output, 1, &["docker login", host]);
-    for secret in [WRONG_PASSWORD, PASSWORD, &base64(format!("{USER}:{WRONG_PASSWORD}").as_bytes())] {
-        assert!(!output.stdout.contains(secret) && !output.stderr.contains(secret), "{secret:?} leaked: {line}");
-    }
+    assert_clean_error(output, 1, &["docker login", host]);
+    assert_no_secret(output, &[WRONG_PASSWORD, PASSWORD, &base64(format!("{USER}:{WRONG_PASSWORD}").as_bytes())]);
 }
 
 #[test]
@@ -767,21 +611,6 @@ fn two_registries_each_get_every_blob_once_from_one_stream() {
 // ---------------------------------------------------------------------------------------------------------
 // 6. Build in one step, push in another: --oci-layout and --image.
 
-/// `docker-idpb build CONTEXT --oci-layout LAYOUT -t NAME` and the manifest digest it printed.
-#[track_caller]
-fn build_into_layout(context: &Path, layout: &Path, name: &str) -> String {
-    let mut cmd = IdpbCommand::new();
-    cmd.arg("build").arg(context).arg("--oci-layout").arg(layout).args(["-t", name]);
-    let output = cmd.run();
-    output.assert_success();
-    let line = output.stdout.lines().next().unwrap_or_else(|| panic!("no result line: {output}"));
-    let reference = line.split(' ').next().unwrap_or_default();
-    let (built, digest) = reference.rsplit_once('@').unwrap_or_else(|| panic!("no digest in {line:?}: {output}"));
-    assert_eq!(built, name, "{output}");
-    assert_digest(digest);
-    digest.to_string()
-}
-
 #[test]
 fn push_from_an_oci_layout_keeps_the_built_digest() {
     let registry = Registry::start(RegistryMode::Http);
@@ -793,7 +622,7 @@ fn push_from_an_oci_layout_keeps_the_built_digest() {
     let layout = tmp.join("layout");
     let lay = path_str(&layout);
 
-    let app_digest = build_into_layout(&app_ctx, &layout, "app:1");
+    let app_digest = build_digest(&app_ctx, &layout, "app:1", &[], &[]);
     let target = registry.reference("ns/app:1");
     let output = push(["--oci-layout", &lay, "-t", &target]);
     assert_eq!(pushed_digest(&output, &target), app_digest, "the built manifest, byte for byte");
@@ -801,7 +630,7 @@ fn push_from_an_oci_layout_keeps_the_built_digest() {
     assert_pulls_as(&registry, "ns/app:1", &app_ctx, &[], &tmp);
 
     // Two images in the layout: without --image the push refuses to guess, and sends nothing.
-    let tools_digest = build_into_layout(&tools_ctx, &layout, "tools:2");
+    let tools_digest = build_digest(&tools_ctx, &layout, "tools:2", &[], &[]);
     assert_ne!(tools_digest, app_digest);
     let posts = upload_posts(&registry);
     let output = push(["--oci-layout", &lay, "-t", &registry.reference("ns/which:1"), "-q"]);
@@ -1053,7 +882,7 @@ fn sigterm_mid_upload_exits_130_deletes_the_session_and_stores_no_manifest() {
     let target = registry.reference("ns/cancelled:1");
 
     let mut cmd = push_command([&path_str(&context), "-t", &target, "--chunk-size", "64KiB"]);
-    let running = Running::start(&mut cmd, None);
+    let mut running = Background::spawn(&mut cmd, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !registry.log().contains("\"PATCH /v2/ns/cancelled/blobs/uploads/") {
         assert!(Instant::now() < deadline, "no PATCH within a minute: {}", registry.log());
@@ -1061,7 +890,7 @@ fn sigterm_mid_upload_exits_130_deletes_the_session_and_stores_no_manifest() {
     }
     let pid = running.pid().to_string();
     run(Command::new("kill").args(["-TERM", &pid])).assert_success();
-    let output = running.finish();
+    let output = running.finish(DEFAULT_TIMEOUT);
     assert_ne!(output.code, Some(0), "the push finished before the signal; use a bigger context: {output}");
     output.assert_code(130);
     assert!(output.stdout.trim().is_empty(), "no result printed: {output}");

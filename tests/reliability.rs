@@ -35,12 +35,9 @@ const MANIFESTS: &str = "/manifests/";
 fn random_context(dir: &Path, seed: u64, size: usize) {
     let data = pseudo_random_bytes(seed, size);
     for (i, part) in data.chunks(MIB).enumerate() {
-        let path = dir.join(format!("data/set-{}/part-{i:03}.bin", i % 3));
-        fs::create_dir_all(path.parent().unwrap_or(dir)).unwrap_or_else(|e| panic!("cannot create dirs: {e}"));
-        fs::write(&path, part).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        write_file(&dir.join(format!("data/set-{}/part-{i:03}.bin", i % 3)), part);
     }
-    fs::write(dir.join("README.txt"), format!("seed {seed}, {size} bytes\n"))
-        .unwrap_or_else(|e| panic!("cannot write README.txt: {e}"));
+    write_file(&dir.join("README.txt"), format!("seed {seed}, {size} bytes\n").as_bytes());
 }
 
 /// A finished push and how long it took.
@@ -68,7 +65,7 @@ fn push(host: &str, context: &Path, extra: &[&str]) -> Pushed {
 
 /// The digest printed by a successful text-mode push (`HOST/REPO:TAG@sha256:...`).
 #[track_caller]
-fn pushed_digest(output: &Output) -> String {
+fn printed_digest(output: &Output) -> String {
     let digest = output.stdout.lines().last().and_then(|l| l.rsplit_once('@')).map(|(_, d)| d.trim().to_string());
     match digest {
         Some(d) if d.starts_with("sha256:") && d.len() == 71 => d,
@@ -77,28 +74,13 @@ fn pushed_digest(output: &Output) -> String {
 }
 
 /// skopeo copies `reference` out of `registry`, umoci unpacks it, and the tree must equal `context`.
+#[track_caller]
 fn assert_pulls_back(registry: &Registry, reference: &str, context: &Path) {
-    let out = TempDir::new("reliability-pull");
-    let layout = out.join("layout");
-    skopeo_copy_to_oci(registry, reference, &layout, "pulled");
-    let rootfs = umoci_unpack(&layout, "pulled", &out.join("bundle"));
-    assert_same_tree(context, &rootfs, &[]);
+    assert_pulls_as(registry, reference, context, &[], &TempDir::new("reliability-pull"));
 }
 
-/// The tags of `repo`, empty when the repository does not exist (404 `NAME_UNKNOWN`).
-fn tags(registry: &Registry, repo: &str) -> Vec<String> {
-    let response = http_get(&registry.url(&format!("/v2/{repo}/tags/list")));
-    if response.status == 404 {
-        assert!(response.text().contains("NAME_UNKNOWN"), "unexpected 404: {}", response.text());
-        return Vec::new();
-    }
-    assert_eq!(response.status, 200, "tags/list: {}", response.text());
-    let list = response.json()["tags"].as_array().cloned().unwrap_or_default();
-    list.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()
-}
-
-/// A registry, a random context in a temp dir, and the digest of a fault-free push of it (straight to the
-/// registry, into `ns/baseline`).
+/// A registry, a random context of [`SMALL_CONTEXT`] bytes in a temp dir, and the digest of a fault-free push
+/// of it (straight to the registry, into `ns/baseline`).
 struct Setup {
     registry: Registry,
     context: TempDir,
@@ -106,14 +88,14 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(seed: u64, size: usize) -> Setup {
+    fn new(seed: u64) -> Setup {
         let registry = Registry::start(RegistryMode::Http);
         let context = TempDir::new("reliability-context");
-        random_context(context.path(), seed, size);
+        random_context(context.path(), seed, SMALL_CONTEXT);
         let mut cmd = IdpbCommand::new();
         let clean = push_with(&mut cmd, &registry.host(), context.path(), "ns/baseline:v1", &["--chunk-size", CHUNK]);
         clean.output.assert_success();
-        let baseline = pushed_digest(&clean.output);
+        let baseline = printed_digest(&clean.output);
         Setup { registry, context, baseline }
     }
 
@@ -128,7 +110,7 @@ impl Setup {
         assert!(pushed.output.success(), "the push did not survive: {}\nproxy log:\n{log}", pushed.output);
         let faults = proxy.faults();
         assert!(faults.len() >= min_faults, "expected at least {min_faults} injected faults; proxy log:\n{log}");
-        assert_eq!(pushed_digest(&pushed.output), self.baseline, "digest differs from a fault-free push:\n{log}");
+        assert_eq!(printed_digest(&pushed.output), self.baseline, "digest differs from a fault-free push:\n{log}");
         assert_pulls_back(&self.registry, REPO_TAG, self.context.path());
         eprintln!(
             "survived {} fault(s) in {} requests, {:.1?}: {:?}",
@@ -149,6 +131,21 @@ impl Setup {
         assert_eq!(proxy.faults().len(), 1, "the rule fired more than once:\n{}", proxy.log());
         proxy
     }
+}
+
+/// A fresh [`Setup`] from `seed` whose push survives `rule`, which fires exactly once; the proxy, to check
+/// how it recovered.
+fn survives(seed: u64, rule: Rule) -> FaultProxy {
+    Setup::new(seed).assert_survives_rule(rule)
+}
+
+/// A registry behind a fault proxy with `rule`, and a random context of `size` bytes from `seed`.
+fn rigged(seed: u64, size: usize, rule: Rule) -> (Registry, TempDir, FaultProxy) {
+    let registry = Registry::start(RegistryMode::Http);
+    let context = TempDir::new("reliability-context");
+    random_context(context.path(), seed, size);
+    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(rule));
+    (registry, context, proxy)
 }
 
 fn unavailable() -> Fault {
@@ -175,7 +172,7 @@ fn proxy_counts_rules_and_keeps_registry_locations_pointing_at_itself() {
     assert_eq!(statuses, [200, 503, 200], "only the 2nd GET /v2/ fails:\n{}", proxy.log());
 
     let digest = format!("sha256:{}", "0".repeat(64));
-    let head = try_fetch("HEAD", &proxy.url(&format!("/v2/ns/x/blobs/{digest}")), None, &[], None);
+    let head = try_fetch(Request::new("HEAD", &proxy.url(&format!("/v2/ns/x/blobs/{digest}"))));
     assert!(head.is_err(), "a reset gives no answer: {head:?}");
 
     let started = http_request("POST", &proxy.url("/v2/ns/x/blobs/uploads/"), &[], Some(b""));
@@ -186,7 +183,7 @@ fn proxy_counts_rules_and_keeps_registry_locations_pointing_at_itself() {
         "the registry builds Location from the forwarded Host, so it names the proxy: {location}"
     );
     let headers = [("Content-Type", "application/octet-stream"), ("Content-Range", "0-3")];
-    let patched = try_fetch("PATCH", &location, None, &headers, Some(b"abcd"));
+    let patched = try_fetch(Request::new("PATCH", &location).headers(&headers).body(Some(b"abcd")));
     assert!(patched.is_err(), "a dropped answer is no answer: {patched:?}");
     // The registry stored the chunk (see the record below), so the `_state` in the client's last Location no
     // longer matches: the reference registry kills the session, as test-fixtures.md describes.
@@ -238,15 +235,13 @@ fn gitea_mode_enforces_its_conventions() {
 #[test]
 fn ping_503_is_retried() {
     // The first request of every push is `GET /v2/`; a 503 there is as transient as anywhere else.
-    let setup = Setup::new(15, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("GET", "/v2/", 1, unavailable()));
+    survives(15, Rule::nth("GET", "/v2/", 1, unavailable()));
 }
 
 #[test]
 fn post_503_is_retried_after_retry_after() {
-    let setup = Setup::new(1, SMALL_CONTEXT);
     let fault = unavailable().with_header("Retry-After", "1");
-    let proxy = setup.assert_survives_rule(Rule::nth("POST", UPLOADS, 1, fault));
+    let proxy = survives(1, Rule::nth("POST", UPLOADS, 1, fault));
     let posts = proxy.matching("POST", UPLOADS);
     let gap = posts[1].at.saturating_sub(posts[0].at);
     assert!(gap >= Duration::from_millis(900), "Retry-After: 1 was not honoured (retried after {gap:?})");
@@ -254,37 +249,32 @@ fn post_503_is_retried_after_retry_after() {
 
 #[test]
 fn post_reset_is_retried() {
-    let setup = Setup::new(2, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("POST", UPLOADS, 1, Fault::Reset { after: 0 }));
+    survives(2, Rule::nth("POST", UPLOADS, 1, Fault::Reset { after: 0 }));
 }
 
 #[test]
 fn post_dropped_answer_is_retried() {
-    let setup = Setup::new(3, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("POST", UPLOADS, 1, Fault::DropResponse));
+    survives(3, Rule::nth("POST", UPLOADS, 1, Fault::DropResponse));
 }
 
 #[test]
 fn patch_503_resumes_from_the_registry_offset() {
-    let setup = Setup::new(4, SMALL_CONTEXT);
-    let proxy = setup.assert_survives_rule(Rule::nth("PATCH", UPLOADS, 2, unavailable()));
+    let proxy = survives(4, Rule::nth("PATCH", UPLOADS, 2, unavailable()));
     assert_eq!(sessions(&proxy), 2, "a refused chunk is resent in the same session:\n{}", proxy.log());
 }
 
 #[test]
 fn patch_503_four_times_in_a_row_is_still_retried() {
     // Within the default 6 attempts; the status checks (GET) between the tries are not refused.
-    let setup = Setup::new(16, SMALL_CONTEXT);
     let rule = Rule::nth("PATCH", UPLOADS, 2, unavailable()).times(4);
-    let proxy = setup.assert_survives(ProxyOptions::default().rule(rule), &[], 4);
+    let proxy = Setup::new(16).assert_survives(ProxyOptions::default().rule(rule), &[], 4);
     assert_eq!(proxy.faults().len(), 4, "{}", proxy.log());
     assert_eq!(sessions(&proxy), 2, "the chunk is resent in the same session:\n{}", proxy.log());
 }
 
 #[test]
 fn patch_reset_mid_body_resumes_from_the_registry_offset() {
-    let setup = Setup::new(5, SMALL_CONTEXT);
-    let proxy = setup.assert_survives_rule(Rule::nth("PATCH", UPLOADS, 2, Fault::Reset { after: 100_000 }));
+    let proxy = survives(5, Rule::nth("PATCH", UPLOADS, 2, Fault::Reset { after: 100_000 }));
     assert_eq!(sessions(&proxy), 2, "a chunk the registry never saw is resent in the same session:\n{}", proxy.log());
     assert!(proxy.count("GET", UPLOADS) >= 1, "the client asks the session where it stands:\n{}", proxy.log());
 }
@@ -293,59 +283,50 @@ fn patch_reset_mid_body_resumes_from_the_registry_offset() {
 fn patch_dropped_answer_after_the_registry_stored_it_restarts_the_blob() {
     // The reference registry's session dies with a lost acknowledgement (its `_state` no longer matches):
     // the only way on is a new session and the layer streamed again, to the same digest.
-    let setup = Setup::new(6, SMALL_CONTEXT);
-    let proxy = setup.assert_survives_rule(Rule::nth("PATCH", UPLOADS, 2, Fault::DropResponse));
+    let proxy = survives(6, Rule::nth("PATCH", UPLOADS, 2, Fault::DropResponse));
     assert_eq!(sessions(&proxy), 3, "the layer's upload is restarted once:\n{}", proxy.log());
 }
 
 #[test]
 fn patch_truncated_on_its_way_to_the_registry_recovers() {
-    let setup = Setup::new(8, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("PATCH", UPLOADS, 2, Fault::Truncate { after: 100_000 }));
+    survives(8, Rule::nth("PATCH", UPLOADS, 2, Fault::Truncate { after: 100_000 }));
 }
 
 #[test]
 fn blob_finish_503_is_retried() {
-    let setup = Setup::new(9, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("PUT", UPLOADS, 1, unavailable()));
+    survives(9, Rule::nth("PUT", UPLOADS, 1, unavailable()));
 }
 
 #[test]
 fn blob_finish_reset_is_retried() {
-    let setup = Setup::new(10, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("PUT", UPLOADS, 1, Fault::Reset { after: 0 }));
+    survives(10, Rule::nth("PUT", UPLOADS, 1, Fault::Reset { after: 0 }));
 }
 
 #[test]
 fn blob_finish_dropped_answer_after_the_commit_is_confirmed() {
-    let setup = Setup::new(11, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("PUT", UPLOADS, 1, Fault::DropResponse));
+    survives(11, Rule::nth("PUT", UPLOADS, 1, Fault::DropResponse));
 }
 
 #[test]
 fn manifest_put_503_is_retried() {
-    let setup = Setup::new(12, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("PUT", MANIFESTS, 1, unavailable()));
+    survives(12, Rule::nth("PUT", MANIFESTS, 1, unavailable()));
 }
 
 #[test]
 fn manifest_put_reset_mid_body_is_retried() {
-    let setup = Setup::new(13, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("PUT", MANIFESTS, 1, Fault::Reset { after: 100 }));
+    survives(13, Rule::nth("PUT", MANIFESTS, 1, Fault::Reset { after: 100 }));
 }
 
 #[test]
 fn manifest_put_dropped_answer_after_tagging_is_retried() {
-    let setup = Setup::new(14, SMALL_CONTEXT);
-    setup.assert_survives_rule(Rule::nth("PUT", MANIFESTS, 1, Fault::DropResponse));
+    survives(14, Rule::nth("PUT", MANIFESTS, 1, Fault::DropResponse));
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Random faults: 10% of all requests get a 503, a reset at a random point of the body or a dropped answer.
 
 fn random_faults_survived(seed: u64) {
-    let setup = Setup::new(100 + seed, SMALL_CONTEXT);
-    setup.assert_survives(ProxyOptions::default().random(10, seed), &[], 1);
+    Setup::new(100 + seed).assert_survives(ProxyOptions::default().random(10, seed), &[], 1);
 }
 
 #[test]
@@ -375,7 +356,7 @@ fn nginx_with_a_1m_body_limit_takes_a_20mb_push_at_the_default_chunk_size() {
     let pushed = push(&nginx.host(), context.path(), &[]);
     let log = || format!("{:#?}\nnginx error log:\n{}", nginx.requests(), nginx.error_log());
     assert!(pushed.output.success(), "push through nginx failed: {}\n{}", pushed.output, log());
-    pushed_digest(&pushed.output);
+    printed_digest(&pushed.output);
     assert_pulls_back(&registry, REPO_TAG, context.path());
 
     let patches: Vec<_> = nginx.requests().into_iter().filter(|r| r.method == "PATCH").collect();
@@ -389,7 +370,7 @@ fn nginx_with_a_1m_body_limit_takes_a_20mb_push_at_the_default_chunk_size() {
 
 #[test]
 fn gitea_conventions_push_succeeds() {
-    let setup = Setup::new(21, SMALL_CONTEXT);
+    let setup = Setup::new(21);
     let (user, pass) = ("giteaadmin", "p@ss:w0rd with spaces");
     let proxy = FaultProxy::start(setup.registry.port(), ProxyOptions::default().gitea_with_token(user, pass));
     let mut cmd = IdpbCommand::new();
@@ -400,7 +381,7 @@ fn gitea_conventions_push_succeeds() {
     let pushed = push_with(&mut cmd, &proxy.host(), setup.context.path(), REPO_TAG, &["--chunk-size", CHUNK]);
     let log = proxy.log();
     assert!(pushed.output.success(), "push with Gitea's conventions failed: {}\nproxy log:\n{log}", pushed.output);
-    assert_eq!(pushed_digest(&pushed.output), setup.baseline, "{log}");
+    assert_eq!(printed_digest(&pushed.output), setup.baseline, "{log}");
     assert!(proxy.count("GET", "/v2/token") >= 1, "the token came from Gitea's endpoint:\n{log}");
     assert!(proxy.gitea_rejections().is_empty(), "requests Gitea would refuse:\n{log}");
     assert!(proxy.count("PATCH", UPLOADS) >= 10, "a chunked upload:\n{log}");
@@ -422,10 +403,7 @@ fn assert_one_line_error(output: &Output, parts: &[&str], log: &str) {
 
 #[test]
 fn registry_always_503_fails_within_the_bound_naming_operation_status_and_attempts() {
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 30, MIB);
-    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(Rule::every("*", "", unavailable())));
+    let (_registry, context, proxy) = rigged(30, MIB, Rule::every("*", "", unavailable()));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "2", "--timeout", "5s"]);
     let log = proxy.log();
     assert!(pushed.elapsed < Duration::from_secs(30), "gave up after {:?}:\n{log}", pushed.elapsed);
@@ -437,11 +415,7 @@ fn registry_always_503_fails_within_the_bound_naming_operation_status_and_attemp
 
 #[test]
 fn post_always_503_fails_within_the_bound_naming_operation_status_and_attempts() {
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 31, MIB);
-    let proxy =
-        FaultProxy::start(registry.port(), ProxyOptions::default().rule(Rule::every("POST", UPLOADS, unavailable())));
+    let (_registry, context, proxy) = rigged(31, MIB, Rule::every("POST", UPLOADS, unavailable()));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "2", "--timeout", "5s"]);
     let log = proxy.log();
     assert!(pushed.elapsed < Duration::from_secs(30), "gave up after {:?}:\n{log}", pushed.elapsed);
@@ -453,11 +427,8 @@ fn post_always_503_fails_within_the_bound_naming_operation_status_and_attempts()
 
 #[test]
 fn retry_after_longer_than_the_timeout_does_not_stretch_it() {
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 34, MIB);
     let busy = unavailable().with_header("Retry-After", "60");
-    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(Rule::every("POST", UPLOADS, busy)));
+    let (_registry, context, proxy) = rigged(34, MIB, Rule::every("POST", UPLOADS, busy));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "2", "--timeout", "5s"]);
     let log = proxy.log();
     assert_one_line_error(&pushed.output, &["start blob upload", "503"], &log);
@@ -467,11 +438,8 @@ fn retry_after_longer_than_the_timeout_does_not_stretch_it() {
 #[test]
 fn registry_that_never_answers_fails_within_the_timeout_bound() {
     // Accepts every chunk and never answers: `--timeout` must bound the wait, not only the retries.
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 35, MIB);
     let hang = Rule::every("PATCH", UPLOADS, Fault::Delay(Duration::from_secs(120)));
-    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(hang));
+    let (_registry, context, proxy) = rigged(35, MIB, hang);
     let mut cmd = IdpbCommand::new();
     // Killed (and the test failed by `run`) if still waiting after 30 s.
     cmd.timeout(Duration::from_secs(30));
@@ -483,11 +451,8 @@ fn registry_that_never_answers_fails_within_the_timeout_bound() {
 
 #[test]
 fn forbidden_post_fails_at_once_after_one_attempt() {
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 32, MIB);
     let denied = Fault::error(403, "DENIED", "requested access to the resource is denied");
-    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(Rule::every("POST", UPLOADS, denied)));
+    let (_registry, context, proxy) = rigged(32, MIB, Rule::every("POST", UPLOADS, denied));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "5"]);
     let log = proxy.log();
     assert_one_line_error(&pushed.output, &["start blob upload", "403", "DENIED"], &log);
@@ -497,17 +462,13 @@ fn forbidden_post_fails_at_once_after_one_attempt() {
 
 #[test]
 fn bad_request_on_the_manifest_put_fails_at_once_after_one_attempt() {
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 33, MIB);
     let invalid = Fault::error(400, "MANIFEST_INVALID", "manifest invalid");
-    let proxy =
-        FaultProxy::start(registry.port(), ProxyOptions::default().rule(Rule::every("PUT", MANIFESTS, invalid)));
+    let (registry, context, proxy) = rigged(33, MIB, Rule::every("PUT", MANIFESTS, invalid));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "5"]);
     let log = proxy.log();
     assert_one_line_error(&pushed.output, &["push manifest", "400", "MANIFEST_INVALID"], &log);
     assert_eq!(proxy.count("PUT", MANIFESTS), 1, "a 400 is not retried:\n{log}");
-    assert!(tags(&registry, "ns/x").is_empty(), "no tag after a refused manifest");
+    assert!(tag_list(&registry, "ns/x").is_empty(), "no tag after a refused manifest");
     assert!(pushed.elapsed < Duration::from_secs(10), "took {:?}", pushed.elapsed);
 }
 
@@ -581,13 +542,21 @@ impl Drop for Running {
     }
 }
 
+/// A push whose second PATCH the proxy holds for 10 s, caught in that request (with the registry and
+/// context it needs kept alive).
+fn hung_push(seed: u64) -> (Registry, TempDir, FaultProxy, Running) {
+    let hang = Rule::nth("PATCH", UPLOADS, 2, Fault::Delay(Duration::from_secs(10)));
+    let (registry, context, proxy) = rigged(seed, SMALL_CONTEXT, hang);
+    let push = Running::spawn(&proxy.host(), context.path(), &[]);
+    assert!(proxy.wait_for("PATCH", UPLOADS, 2, Duration::from_secs(60)), "no upload started:\n{}", proxy.log());
+    thread::sleep(Duration::from_millis(200));
+    (registry, context, proxy, push)
+}
+
 /// Sends `signal` in the middle of a slowed-down 50 MiB upload and checks the clean cancel.
 fn cancel_mid_upload(signal: &str, seed: u64) {
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), seed, 50 * MIB);
     let slow = Rule::every("PATCH", UPLOADS, Fault::Delay(Duration::from_millis(250)));
-    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(slow));
+    let (registry, context, proxy) = rigged(seed, 50 * MIB, slow);
     let mut push = Running::spawn(&proxy.host(), context.path(), &[]);
     assert!(proxy.wait_for("PATCH", UPLOADS, 3, Duration::from_secs(60)), "no upload started:\n{}", proxy.log());
 
@@ -608,7 +577,7 @@ fn cancel_mid_upload(signal: &str, seed: u64) {
     assert_eq!(deleted[0].upstream_status, Some(204), "the registry deleted it:\n{log}");
     assert_eq!(registry.count_requests("DELETE", &session), 1, "the registry's access log shows the DELETE");
     assert_eq!(proxy.count("PUT", MANIFESTS), 0, "no manifest after a cancel:\n{log}");
-    assert!(tags(&registry, "ns/x").is_empty(), "no tag after a cancel");
+    assert!(tag_list(&registry, "ns/x").is_empty(), "no tag after a cancel");
     eprintln!(
         "SIG{signal} after {:.1?} and {} PATCHes; exited {took:.2?} later",
         signalled.duration_since(push.started),
@@ -629,14 +598,7 @@ fn sigterm_mid_upload_deletes_the_session_stores_no_tag_and_exits_130() {
 #[test]
 fn sigint_during_a_hung_request_stops_within_a_second() {
     // The issue: "Ctrl-C ... stop the push within a second", even when the registry does not answer.
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 41, SMALL_CONTEXT);
-    let hang = Rule::nth("PATCH", UPLOADS, 2, Fault::Delay(Duration::from_secs(10)));
-    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(hang));
-    let mut push = Running::spawn(&proxy.host(), context.path(), &[]);
-    assert!(proxy.wait_for("PATCH", UPLOADS, 2, Duration::from_secs(60)), "no upload started:\n{}", proxy.log());
-    thread::sleep(Duration::from_millis(200));
+    let (_registry, _context, proxy, mut push) = hung_push(41);
 
     push.sigint();
     let signalled = Instant::now();
@@ -650,14 +612,7 @@ fn sigint_during_a_hung_request_stops_within_a_second() {
 
 #[test]
 fn second_sigint_exits_at_once() {
-    let registry = Registry::start(RegistryMode::Http);
-    let context = TempDir::new("reliability-context");
-    random_context(context.path(), 42, SMALL_CONTEXT);
-    let hang = Rule::nth("PATCH", UPLOADS, 2, Fault::Delay(Duration::from_secs(10)));
-    let proxy = FaultProxy::start(registry.port(), ProxyOptions::default().rule(hang));
-    let mut push = Running::spawn(&proxy.host(), context.path(), &[]);
-    assert!(proxy.wait_for("PATCH", UPLOADS, 2, Duration::from_secs(60)), "no upload started:\n{}", proxy.log());
-    thread::sleep(Duration::from_millis(200));
+    let (_registry, _context, proxy, mut push) = hung_push(42);
 
     push.sigint();
     thread::sleep(Duration::from_millis(300));

@@ -216,29 +216,6 @@ impl Chroot {
     }
 }
 
-/// Asserts a successful push of exactly `target` and returns the digest it printed.
-#[track_caller]
-fn pushed_digest(output: &Output, target: &str) -> String {
-    output.assert_success();
-    let lines: Vec<&str> = output.stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one tag, one line: {output}");
-    let (reference, digest) = lines[0].rsplit_once('@').unwrap_or_else(|| panic!("no @digest: {output}"));
-    assert_eq!(reference, target, "{output}");
-    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{output}");
-    digest.to_string()
-}
-
-/// Pulls `reference` (`repo:tag`) with skopeo, unpacks it with umoci and compares it with `context`.
-#[track_caller]
-fn assert_pulls_as(registry: &Registry, reference: &str, context: &Path, excluded: &[String], tmp: &TempDir) {
-    let label = reference.replace(['/', ':'], "-");
-    let layout = tmp.join(format!("pulled-{label}"));
-    skopeo_copy_to_oci(registry, reference, &layout, "pulled");
-    let rootfs = umoci_unpack(&layout, "pulled", &tmp.join(format!("bundle-{label}")));
-    let ignore: Vec<&str> = excluded.iter().map(String::as_str).collect();
-    assert_same_tree(context, &rootfs, &ignore);
-}
-
 #[test]
 fn static_binary_in_an_empty_chroot_pushes_over_plain_http() {
     require_tool("skopeo");

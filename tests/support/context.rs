@@ -4,7 +4,8 @@
 //! content, so two calls give identical trees and the layer built from it has a stable digest. Its
 //! `.dockerignore` uses Docker's semantics: `*.log` matches at the root only (`src/debug.log` stays),
 //! `build/` excludes the directory and everything in it, and `!build/keep.txt` brings one file back, so
-//! `build/` itself still appears (as the parent of `keep.txt`).
+//! `build/` itself still appears (as the parent of `keep.txt`). [`make_small_context`] is the quick one
+//! for tests that only need some image, and [`write_file`] adds files to either.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -50,11 +51,7 @@ pub fn make_rich_context(dir: &Path) -> Vec<String> {
         ("build/sub/deep.o", text("build/sub/deep.o"), 0o644),
     ];
     for (rel, contents, _) in files {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
-        }
-        fs::write(&path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        write_file(&dir.join(rel), contents);
     }
     let empty = dir.join("empty-dir");
     fs::create_dir_all(&empty).unwrap_or_else(|e| panic!("cannot create {}: {e}", empty.display()));
@@ -70,6 +67,20 @@ pub fn make_rich_context(dir: &Path) -> Vec<String> {
         chmod(&dir.join(rel), *mode);
     }
     ["app.log", "build/out.o", "build/sub", "build/sub/deep.o"].map(String::from).to_vec()
+}
+
+/// A small context: a text file naming `marker` and 64 KiB of incompressible data in a subdirectory.
+pub fn make_small_context(dir: &Path, marker: &str) {
+    write_file(&dir.join("hello.txt"), format!("hello from {marker}\n").as_bytes());
+    write_file(&dir.join("sub/data.bin"), &pseudo_random_bytes(0x5eed, 64 * 1024));
+}
+
+/// Writes `contents` to `path`, creating its parent directories.
+pub fn write_file(path: &Path, contents: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+    }
+    fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
 fn link(dir: &Path, rel: &str, make: impl FnOnce(&Path) -> std::io::Result<()>) {

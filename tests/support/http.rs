@@ -2,8 +2,9 @@
 //!
 //! Plain `http://` goes over a raw `TcpStream` (one HTTP/1.1 request, `Connection: close`, chunked bodies
 //! decoded), so a test sees exactly what was on the wire; `https://` goes through `curl` with the test CA,
-//! which keeps TLS out of the test code. [`fetch`] picks by scheme. The `try_` functions report transport
-//! failures (connection refused while a server starts) instead of panicking.
+//! which keeps TLS out of the test code. [`fetch`] picks by scheme and takes a [`Request`], which holds
+//! whatever a request needs beyond method and URL. The `try_` functions report transport failures
+//! (connection refused while a server starts) instead of panicking.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -39,6 +40,36 @@ impl HttpResponse {
     }
 }
 
+/// A request to send: method and URL, plus headers, a body and the CA that HTTPS trusts, each if needed.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    method: &'a str,
+    url: &'a str,
+    ca: Option<&'a Path>,
+    headers: &'a [(&'a str, &'a str)],
+    body: Option<&'a [u8]>,
+}
+
+impl<'a> Request<'a> {
+    /// `method url` with no headers, no body and no CA (HTTPS then checks no certificate).
+    pub fn new(method: &'a str, url: &'a str) -> Request<'a> {
+        Request { method, url, ca: None, headers: &[], body: None }
+    }
+
+    /// Trusts `ca` for HTTPS (or checks nothing when `None`).
+    pub fn ca(self, ca: Option<&'a Path>) -> Request<'a> {
+        Request { ca, ..self }
+    }
+
+    pub fn headers(self, headers: &'a [(&'a str, &'a str)]) -> Request<'a> {
+        Request { headers, ..self }
+    }
+
+    pub fn body(self, body: Option<&'a [u8]>) -> Request<'a> {
+        Request { body, ..self }
+    }
+}
+
 /// `GET url` over plain HTTP.
 pub fn http_get(url: &str) -> HttpResponse {
     http_request("GET", url, &[], None)
@@ -46,57 +77,37 @@ pub fn http_get(url: &str) -> HttpResponse {
 
 /// Any request over plain HTTP on a raw `TcpStream`.
 pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
-    expect(method, url, try_raw(method, url, headers, body))
+    let request = Request::new(method, url).headers(headers).body(body);
+    expect(request, try_raw(request))
 }
 
 /// `GET url` over HTTPS with curl, trusting `ca` (or nothing checked when `None`).
 pub fn curl_get(url: &str, ca: Option<&Path>) -> HttpResponse {
-    curl_request("GET", url, ca, &[], None)
+    curl_request(Request::new("GET", url).ca(ca))
 }
 
-/// Any request with curl, trusting `ca` (or nothing checked when `None`).
-pub fn curl_request(
-    method: &str,
-    url: &str,
-    ca: Option<&Path>,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> HttpResponse {
-    expect(method, url, try_curl(method, url, ca, headers, body))
+/// Any request with curl.
+pub fn curl_request(request: Request) -> HttpResponse {
+    expect(request, try_curl(request))
 }
 
 /// [`http_request`] for `http://`, [`curl_request`] otherwise.
-pub fn fetch(
-    method: &str,
-    url: &str,
-    ca: Option<&Path>,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> HttpResponse {
-    expect(method, url, try_fetch(method, url, ca, headers, body))
+pub fn fetch(request: Request) -> HttpResponse {
+    expect(request, try_fetch(request))
 }
 
 /// [`fetch`] that reports transport failures.
-pub fn try_fetch(
-    method: &str,
-    url: &str,
-    ca: Option<&Path>,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Result<HttpResponse, String> {
-    if url.starts_with("http://") {
-        try_raw(method, url, headers, body)
-    } else {
-        try_curl(method, url, ca, headers, body)
-    }
+pub fn try_fetch(request: Request) -> Result<HttpResponse, String> {
+    if request.url.starts_with("http://") { try_raw(request) } else { try_curl(request) }
 }
 
 #[track_caller]
-fn expect(method: &str, url: &str, result: Result<HttpResponse, String>) -> HttpResponse {
-    result.unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+fn expect(request: Request, result: Result<HttpResponse, String>) -> HttpResponse {
+    result.unwrap_or_else(|e| panic!("{} {}: {e}", request.method, request.url))
 }
 
-fn try_raw(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<HttpResponse, String> {
+fn try_raw(request: Request) -> Result<HttpResponse, String> {
+    let Request { method, url, headers, body, .. } = request;
     let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
     let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
@@ -128,13 +139,8 @@ fn try_raw(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]
     Ok(response)
 }
 
-fn try_curl(
-    method: &str,
-    url: &str,
-    ca: Option<&Path>,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Result<HttpResponse, String> {
+fn try_curl(request: Request) -> Result<HttpResponse, String> {
+    let Request { method, url, ca, headers, body } = request;
     let mut cmd = Command::new("curl");
     cmd.args(["--silent", "--show-error", "--noproxy", "*", "--max-time", "60"]);
     // `-X HEAD` would make curl wait for a body that never comes.

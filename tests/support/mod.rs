@@ -12,7 +12,8 @@
 //!
 //! Map: [`process`] runs the binary in an isolated environment, [`http`] talks to servers directly,
 //! [`tls`] makes the test CA, [`registry`] starts registries and the token server, [`peers`] wraps skopeo
-//! and umoci, [`context`] builds a build context full of edge cases and [`tree`] compares directory trees.
+//! and umoci, [`context`] builds a build context full of edge cases, [`tree`] compares directory trees and
+//! [`results`] reads back what the binary printed (`REF@DIGEST` lines, digests, JSON).
 
 // Each test file uses a different subset of the fixtures.
 #![allow(dead_code)]
@@ -24,28 +25,41 @@ pub mod nginx;
 pub mod peers;
 pub mod process;
 pub mod registry;
+pub mod results;
 pub mod tls;
 pub mod tree;
 
 #[allow(unused_imports)]
-pub use context::{RANDOM_FILE_SIZE, make_rich_context, pseudo_random_bytes};
+pub use context::{RANDOM_FILE_SIZE, make_rich_context, make_small_context, pseudo_random_bytes, write_file};
 #[allow(unused_imports)]
 pub use faults::*;
 #[allow(unused_imports)]
-pub use http::{HttpResponse, base64, basic_auth, curl_get, curl_request, fetch, http_get, http_request, try_fetch};
+pub use http::{
+    HttpResponse, Request, base64, basic_auth, curl_get, curl_request, fetch, http_get, http_request, try_fetch,
+};
 #[allow(unused_imports)]
 pub use nginx::*;
 #[allow(unused_imports)]
 pub use peers::{
-    skopeo_copy_to_oci, skopeo_inspect_config, skopeo_inspect_layout_config, skopeo_inspect_raw, skopeo_push_oci,
-    umoci_build_layout, umoci_unpack,
+    assert_pulls_as, skopeo_copy_to_oci, skopeo_inspect_config, skopeo_inspect_layout_config,
+    skopeo_inspect_layout_raw, skopeo_inspect_raw, skopeo_push_oci, skopeo_push_oci_with, umoci_build_layout,
+    umoci_unpack,
 };
 #[allow(unused_imports)]
 pub use process::{
-    DEFAULT_TIMEOUT, IdpbCommand, Output, idpb, require_python_jwt, require_tool, run, run_with_timeout,
+    Background, DEFAULT_TIMEOUT, IdpbCommand, Output, checked, idpb, require_python_jwt, require_tool, run,
+    run_with_stdin, run_with_timeout,
 };
 #[allow(unused_imports)]
-pub use registry::{AccessLogEntry, Registry, RegistryMode, RegistryOptions, TOKEN_ISSUER, TOKEN_SERVICE};
+pub use registry::{
+    AccessLogEntry, MANIFEST_ACCEPT, Registry, RegistryMode, RegistryOptions, TOKEN_ISSUER, TOKEN_SERVICE,
+    stored_digest, tag_list,
+};
+#[allow(unused_imports)]
+pub use results::{
+    assert_digest, assert_no_secret, build_digest, built_lines, pushed_digest, pushed_lines, read_json, sha256_digest,
+    strings,
+};
 #[allow(unused_imports)]
 pub use tls::TestCa;
 #[allow(unused_imports)]
@@ -60,6 +74,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The binary under test, built by cargo for this test run.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_docker-idpb"))
+}
+
+/// `path` as a `String`, for argument lists; panics when it is not UTF-8.
+pub fn path_str(path: &Path) -> String {
+    path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display())).to_string()
 }
 
 /// A fresh directory under `std::env::temp_dir()`, removed on drop unless `IDPB_KEEP_TEST_DIRS` is set.

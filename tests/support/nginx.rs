@@ -10,16 +10,14 @@
 //! method, URI, status and request length, which [`Nginx::requests`] parses.
 
 use super::TempDir;
-use super::http::try_fetch;
-use super::process::{Daemon, require_tool};
+use super::context::write_file;
+use super::http::{Request, try_fetch};
+use super::process::{Daemon, require_tool, start_on_free_port};
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
-
-const START_ATTEMPTS: usize = 3;
 
 /// Knobs of the generated config.
 #[derive(Clone, Debug)]
@@ -66,28 +64,21 @@ impl Nginx {
         let nginx = require_tool("nginx");
         let dir = TempDir::new("nginx");
         let temp = dir.subdir("temp");
-        for attempt in 1..=START_ATTEMPTS {
-            let port = free_port();
+        let (process, port) = start_on_free_port(|port| {
             let config = dir.join("nginx.conf");
             let error_log = dir.join("error.log");
             let _ = fs::remove_file(&error_log);
-            write(&config, config_text(dir.path(), &temp, port, upstream_port, options).as_bytes());
+            write_file(&config, config_text(dir.path(), &temp, port, upstream_port, options).as_bytes());
             let mut cmd = Command::new(&nginx);
             cmd.arg("-p").arg(dir.path()).arg("-c").arg(&config).arg("-e").arg(&error_log);
             let mut process = Daemon::spawn(cmd, "nginx", dir.join("nginx.out"));
             let probe = format!("http://127.0.0.1:{port}/v2/");
-            match process.wait_ready(|| try_fetch("GET", &probe, None, &[], None).is_ok()) {
-                Ok(()) => return Nginx { process, port, dir },
-                Err(output) => {
-                    let log = format!("{output}\nerror.log:\n{}", read_lossy(&error_log));
-                    if attempt < START_ATTEMPTS && log.contains("Address already in use") {
-                        continue;
-                    }
-                    panic!("{log}");
-                }
+            match process.wait_ready(|| try_fetch(Request::new("GET", &probe)).is_ok()) {
+                Ok(()) => Ok(process),
+                Err(output) => Err(format!("{output}\nerror.log:\n{}", read_lossy(&error_log))),
             }
-        }
-        unreachable!("the last attempt returns or panics")
+        });
+        Nginx { process, port, dir }
     }
 
     /// `127.0.0.1:PORT`, the registry part of references pushed through nginx.
@@ -193,15 +184,6 @@ fn parse_log_line(line: &str) -> Option<NginxLogEntry> {
     })
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("no local address: {e}")).port()
-}
-
 fn read_lossy(path: &Path) -> String {
     fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-}
-
-fn write(path: &Path, contents: &[u8]) {
-    fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }

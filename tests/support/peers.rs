@@ -4,11 +4,13 @@
 //! credentials, or explicitly none so the developer's own auth files never leak in; `--insecure-policy`
 //! keeps the machine's `policy.json` out of it. umoci unpacks `--rootless`, which works as any user but
 //! may not keep owners and some mode bits. Each helper panics with the tool's output when it fails, since
-//! "skopeo could not read it" is the finding.
+//! "skopeo could not read it" is the finding. [`assert_pulls_as`] is the whole round trip a pushed image
+//! must survive: pulled by skopeo, unpacked by umoci, identical to its context.
 
 use super::TempDir;
-use super::process::{Output, require_tool, run};
+use super::process::{Output, checked, require_tool};
 use super::registry::Registry;
+use super::tree::assert_same_tree;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,8 +24,14 @@ pub fn skopeo_copy_to_oci(registry: &Registry, reference: &str, out_dir: &Path, 
 
 /// `skopeo copy oci:LAYOUT:TAG docker://REGISTRY/REFERENCE`: seeds a registry with a peer-built image.
 pub fn skopeo_push_oci(layout: &Path, tag: &str, registry: &Registry, reference: &str) -> Output {
+    skopeo_push_oci_with(&[], layout, tag, registry, reference)
+}
+
+/// [`skopeo_push_oci`] with `extra` copy flags, e.g. `--format v2s2` or `--multi-arch all`.
+pub fn skopeo_push_oci_with(extra: &[&str], layout: &Path, tag: &str, registry: &Registry, reference: &str) -> Output {
     let mut cmd = skopeo("copy");
-    cmd.args(registry_flags(registry, "dest-")).arg(oci_ref(layout, tag)).arg(docker_ref(registry, reference));
+    cmd.args(extra).args(registry_flags(registry, "dest-"));
+    cmd.arg(oci_ref(layout, tag)).arg(docker_ref(registry, reference));
     checked(&mut cmd)
 }
 
@@ -42,12 +50,29 @@ pub fn skopeo_inspect_layout_config(layout: &Path, tag: &str) -> serde_json::Val
     skopeo_inspect(&["--config", "--raw"], Vec::new(), oci_ref(layout, tag))
 }
 
+/// The manifest of `LAYOUT:TAG` in an OCI layout, as stored.
+pub fn skopeo_inspect_layout_raw(layout: &Path, tag: &str) -> serde_json::Value {
+    skopeo_inspect(&["--raw"], Vec::new(), oci_ref(layout, tag))
+}
+
 /// `umoci unpack --rootless --image LAYOUT:TAG OUT`; returns `OUT/rootfs`. `out` must not exist yet.
 pub fn umoci_unpack(layout: &Path, tag: &str, out: &Path) -> PathBuf {
     let mut cmd = umoci("unpack");
     cmd.arg("--rootless").arg("--image").arg(layout_ref(layout, tag)).arg(out);
     checked(&mut cmd);
     out.join("rootfs")
+}
+
+/// Pulls `reference` (`repo:tag`) with skopeo into an OCI layout under `tmp`, unpacks it with umoci and
+/// compares the tree with `context`, leaving out `excluded` (e.g. what `.dockerignore` keeps out).
+#[track_caller]
+pub fn assert_pulls_as(registry: &Registry, reference: &str, context: &Path, excluded: &[String], tmp: &TempDir) {
+    let label = reference.replace(['/', ':'], "-");
+    let layout = tmp.join(format!("pulled-{label}"));
+    skopeo_copy_to_oci(registry, reference, &layout, "pulled");
+    let rootfs = umoci_unpack(&layout, "pulled", &tmp.join(format!("bundle-{label}")));
+    let ignore: Vec<&str> = excluded.iter().map(String::as_str).collect();
+    assert_same_tree(context, &rootfs, &ignore);
 }
 
 /// Builds `LAYOUT:TAG` (creating the layout if needed) with one layer holding `context`'s files, the
@@ -107,10 +132,4 @@ fn oci_ref(layout: &Path, tag: &str) -> String {
 
 fn layout_ref(layout: &Path, tag: &str) -> String {
     format!("{}:{tag}", layout.display())
-}
-
-fn checked(cmd: &mut Command) -> Output {
-    let output = run(cmd);
-    output.assert_success();
-    output
 }

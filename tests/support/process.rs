@@ -4,14 +4,15 @@
 //! and panics with whatever it printed. [`IdpbCommand`] starts from the test process's environment but
 //! points `HOME`, `DOCKER_CONFIG` and `IDPB_HOME` at fresh temp dirs and removes what would leak the
 //! developer's machine into a test (`IDPB_*`, `DOCKER_*`, `SSL_CERT_*`, proxies, podman's auth file);
-//! anything can be set back per test. [`Daemon`] is the background-process guard shared by the registry and
-//! the token server.
+//! anything can be set back per test. [`Background`] runs a command while the test signals or feeds it;
+//! [`Daemon`] is the background-process guard shared by the registry and the token server.
 
 use super::{TempDir, bin};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -93,6 +94,14 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let output =
         Output { command, code: status.and_then(|s| s.code()), stdout: collect(stdout), stderr: collect(stderr) };
     assert!(status.is_some(), "timed out after {timeout:?}, killed: {output}");
+    output
+}
+
+/// Runs `cmd` (a peer tool) and asserts it succeeded.
+#[track_caller]
+pub fn checked(cmd: &mut Command) -> Output {
+    let output = run(cmd);
+    output.assert_success();
     output
 }
 
@@ -232,6 +241,81 @@ impl IdpbCommand {
     }
 }
 
+/// A started command whose stdout and stderr are drained on threads; killed on drop if still running.
+#[derive(Debug)]
+pub struct Background {
+    child: Child,
+    command: String,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    /// Starts `cmd` with `stdin` written then closed (or no stdin at all), never on a TTY. Keep `cmd` alive
+    /// while the process runs: it owns the temp dirs.
+    pub fn spawn(cmd: &mut IdpbCommand, stdin: Option<&str>) -> Background {
+        let command = cmd.command();
+        let description = describe(command);
+        let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+        command.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start `{description}`: {e}"));
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A process that exits before reading its stdin shows up in its output, not as a panic here.
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        Background { child, command: description, stdout: Some(stdout), stderr: Some(stderr) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the exit; panics with what it printed (after killing it) when it outlives `timeout`.
+    pub fn finish(&mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+                Err(e) => panic!("cannot wait for `{}`: {e}", self.command),
+            }
+        };
+        let output = Output {
+            command: self.command.clone(),
+            code: status.and_then(|s| s.code()),
+            stdout: self.stdout.take().map(collect).unwrap_or_default(),
+            stderr: self.stderr.take().map(collect).unwrap_or_default(),
+        };
+        assert!(status.is_some(), "still running after {timeout:?}, killed: {output}");
+        output
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to completion with `stdin` as its standard input (e.g. for `--password-stdin`).
+pub fn run_with_stdin(cmd: &mut IdpbCommand, stdin: &str) -> Output {
+    Background::spawn(cmd, Some(stdin)).finish(DEFAULT_TIMEOUT)
+}
+
 /// Runs the binary under test with `args` in an isolated environment plus `envs` (which win).
 pub fn idpb<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>, envs: &[(&str, &str)]) -> Output {
     let mut cmd = IdpbCommand::new();
@@ -295,6 +379,29 @@ pub struct Daemon {
 
 /// How long a daemon may take to answer its readiness probe.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many ports a daemon is tried on before its "address already in use" is final.
+const START_ATTEMPTS: usize = 3;
+
+/// Starts a daemon on a free loopback port: `start(port)` spawns it and waits until it is ready, returning
+/// its log when it exited instead. The port is picked by binding `127.0.0.1:0` and releasing it, so another
+/// process can grab it in between: a start that failed with "address already in use" (any case) is retried
+/// on a new port. Returns what `start` made and its port; panics with the last failure.
+pub fn start_on_free_port<T>(mut start: impl FnMut(u16) -> Result<T, String>) -> (T, u16) {
+    for attempt in 1..=START_ATTEMPTS {
+        let port = free_port();
+        match start(port) {
+            Ok(started) => return (started, port),
+            Err(log) if attempt < START_ATTEMPTS && log.to_lowercase().contains("address already in use") => {}
+            Err(log) => panic!("{log}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"));
+    listener.local_addr().unwrap_or_else(|e| panic!("no local address: {e}")).port()
+}
 
 impl Daemon {
     /// Starts `cmd` with stdout and stderr appended to `log` and a stdin pipe that closes when the test

@@ -7,14 +7,16 @@
 //! use" is restarted on a new port. Readiness is "`/v2/` answers anything". The registry's stdout and
 //! stderr go to one log; its access-log lines (`"METHOD PATH HTTP/1.1" STATUS`) are what
 //! [`Registry::count_requests`] counts, e.g. to check that an upload used PATCH chunks or skipped a blob.
+//! [`stored_digest`] and [`tag_list`] read back what a push left, with the registry's own credentials.
 
 use super::TempDir;
-use super::http::{HttpResponse, base64, basic_auth, fetch, try_fetch};
-use super::process::{Daemon, require_python_jwt, require_tool, run};
+use super::context::write_file;
+use super::http::{HttpResponse, Request, base64, basic_auth, fetch, try_fetch};
+use super::process::{Daemon, require_python_jwt, require_tool, run, start_on_free_port};
+use super::results::strings;
 use super::tls::TestCa;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -25,7 +27,10 @@ const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub const TOKEN_SERVICE: &str = "test-registry";
 pub const TOKEN_ISSUER: &str = "test-issuer";
 const TOKEN_SERVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/token_server.py");
-const START_ATTEMPTS: usize = 3;
+/// Every manifest type: the reference registry serves a manifest only to a client that accepts its type.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistryMode {
@@ -102,7 +107,7 @@ impl Registry {
             (RegistryMode::HttpsBasic { user, pass }, _) => {
                 let htpasswd = dir.join("htpasswd");
                 let entry = run(Command::new(require_tool("htpasswd")).args(["-Bbn", user, pass]));
-                write(&htpasswd, entry.assert_success().stdout.as_bytes());
+                write_file(&htpasswd, entry.assert_success().stdout.as_bytes());
                 format!("auth:\n  htpasswd: {{realm: test, path: {}}}\n", yaml_path(&htpasswd))
             }
             (_, Some(token)) => format!(
@@ -117,8 +122,7 @@ impl Registry {
         });
         let relative = if options.relative_urls { "  relativeurls: true\n" } else { "" };
 
-        for attempt in 1..=START_ATTEMPTS {
-            let port = free_port();
+        let (process, port) = start_on_free_port(|port| {
             let config = dir.join("config.yml");
             let yaml = format!(
                 "version: 0.1\n\
@@ -128,7 +132,7 @@ impl Registry {
                 yaml_path(&dir.join("storage")),
                 secret(port),
             );
-            write(&config, yaml.as_bytes());
+            write_file(&config, yaml.as_bytes());
             let mut cmd = Command::new(REGISTRY_BIN);
             cmd.arg("serve").arg(&config);
             // REGISTRY_* variables override config.yml.
@@ -138,13 +142,10 @@ impl Registry {
             let mut process = Daemon::spawn(cmd, "docker-registry", dir.join("registry.log"));
             let scheme = if mode.is_https() { "https" } else { "http" };
             let probe = format!("{scheme}://127.0.0.1:{port}/v2/");
-            match process.wait_ready(|| try_fetch("GET", &probe, None, &[], None).is_ok()) {
-                Ok(()) => return Registry { process, token_server, ca, mode, port, dir },
-                Err(log) if attempt < START_ATTEMPTS && log.contains("address already in use") => continue,
-                Err(log) => panic!("{log}"),
-            }
-        }
-        unreachable!("the last attempt returns or panics")
+            process.wait_ready(|| try_fetch(Request::new("GET", &probe)).is_ok())?;
+            Ok(process)
+        });
+        Registry { process, token_server, ca, mode, port, dir }
     }
 
     /// `127.0.0.1:PORT`, the registry part of references.
@@ -221,7 +222,7 @@ impl Registry {
 
     /// A request to `path` on the registry, without credentials, trusting the test CA.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
-        fetch(method, &self.url(path), self.ca(), headers, body)
+        fetch(Request::new(method, &self.url(path)).ca(self.ca()).headers(headers).body(body))
     }
 
     /// The `Authorization` value for this registry's credentials: `None` for open modes, Basic, or a
@@ -248,7 +249,7 @@ impl Registry {
         }
         let auth = creds.map(|(user, pass)| basic_auth(user, pass));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        fetch("GET", &url, self.ca(), &headers, None)
+        fetch(Request::new("GET", &url).ca(self.ca()).headers(&headers))
     }
 
     /// The token endpoint (`https://127.0.0.1:TPORT/token`) of a token-auth registry.
@@ -268,13 +269,50 @@ impl Registry {
             auths.insert(self.host(), serde_json::json!({ "auth": base64(format!("{user}:{pass}").as_bytes()) }));
         }
         let path = dir.join("config.json");
-        write(&path, serde_json::json!({ "auths": auths }).to_string().as_bytes());
+        write_file(&path, serde_json::json!({ "auths": auths }).to_string().as_bytes());
         path
     }
 
     fn token_server(&self) -> &TokenServer {
         self.token_server.as_ref().unwrap_or_else(|| panic!("{:?} has no token server", self.mode))
     }
+}
+
+/// The digest `registry` holds for `repo:tag` (HEAD with [`MANIFEST_ACCEPT`] and, if it wants them,
+/// credentials), or `None` when it has none.
+pub fn stored_digest(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
+    let response = read_request(registry, "HEAD", &format!("/v2/{repo}/manifests/{tag}"), repo);
+    match response.status {
+        200 => Some(
+            response
+                .header("docker-content-digest")
+                .unwrap_or_else(|| panic!("no Docker-Content-Digest for {repo}:{tag}: {response:?}"))
+                .to_string(),
+        ),
+        404 => None,
+        status => panic!("HEAD {repo}:{tag} answered {status}: {response:?}"),
+    }
+}
+
+/// The tags of `repo` in `registry`, empty when the repository does not exist (404 `NAME_UNKNOWN`).
+pub fn tag_list(registry: &Registry, repo: &str) -> Vec<String> {
+    let response = read_request(registry, "GET", &format!("/v2/{repo}/tags/list"), repo);
+    match response.status {
+        404 => {
+            assert!(response.text().contains("NAME_UNKNOWN"), "unexpected 404: {}", response.text());
+            Vec::new()
+        }
+        200 => strings(&response.json()["tags"]),
+        status => panic!("tags/list of {repo} answered {status}: {}", response.text()),
+    }
+}
+
+/// A read of `path` in `repo`: `Accept` [`MANIFEST_ACCEPT`] and, if the registry wants one, `Authorization`.
+fn read_request(registry: &Registry, method: &str, path: &str, repo: &str) -> HttpResponse {
+    let auth = registry.auth_header(Some(&format!("repository:{repo}:pull")));
+    let mut headers = vec![("Accept", MANIFEST_ACCEPT)];
+    headers.extend(auth.as_deref().map(|auth| ("Authorization", auth)));
+    registry.request(method, path, &headers, None)
 }
 
 /// `token_server.py` on its own random port, with the registry's TLS certificate.
@@ -308,8 +346,8 @@ impl TokenServer {
         let mut port = 0;
         let ready = process.wait_ready(|| {
             port = fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
-            port != 0
-                && try_fetch("GET", &format!("https://127.0.0.1:{port}/token"), Some(&ca.ca_crt), &[], None).is_ok()
+            let url = format!("https://127.0.0.1:{port}/token");
+            port != 0 && try_fetch(Request::new("GET", &url).ca(Some(&ca.ca_crt))).is_ok()
         });
         if let Err(log) = ready {
             panic!("{log}");
@@ -333,11 +371,6 @@ fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
     }
     let status = rest.split(' ').next()?.parse().ok()?;
     Some(AccessLogEntry { method: method.to_string(), path: path.to_string(), status })
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("no local address: {e}")).port()
 }
 
 fn secret(port: u16) -> String {
@@ -364,8 +397,4 @@ fn percent_encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn write(path: &Path, contents: &[u8]) {
-    fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }

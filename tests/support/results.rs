@@ -1,0 +1,103 @@
+//! Reading back what the binary reported: `REF@sha256:HEX` result lines of `push` and `build`, digests, JSON
+//! files and secrets that must not show up in its output.
+//!
+//! [`pushed_digest`] is the usual check of a text-mode push: success, exactly one line, for exactly the
+//! expected reference, with a well-formed digest; [`build_digest`] builds into an OCI layout and checks
+//! the same of the build's result line. [`sha256_digest`] computes a digest the way the binary
+//! must have, to check a blob against its name.
+
+use super::path_str;
+use super::process::{Output, idpb};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::Path;
+
+/// Asserts `digest` is `sha256:` and 64 lowercase hex digits.
+#[track_caller]
+pub fn assert_digest(digest: &str) {
+    let hex = digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("{digest:?} is not a sha256 digest"));
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{digest:?} is not a sha256 digest"
+    );
+}
+
+/// `sha256:HEX` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The `REF@sha256:HEX` lines of a text-mode push, as (reference, digest); panics on any other line.
+#[track_caller]
+pub fn pushed_lines(output: &Output) -> Vec<(String, String)> {
+    output
+        .stdout
+        .lines()
+        .map(|line| {
+            let (reference, digest) =
+                line.rsplit_once('@').unwrap_or_else(|| panic!("no @digest in {line:?}: {output}"));
+            assert_digest(digest);
+            (reference.to_string(), digest.to_string())
+        })
+        .collect()
+}
+
+/// Asserts a successful push of exactly `target` (one `REF@DIGEST` line) and returns the manifest digest.
+#[track_caller]
+pub fn pushed_digest(output: &Output, target: &str) -> String {
+    output.assert_success();
+    let lines = pushed_lines(output);
+    assert_eq!(lines.len(), 1, "one tag, one line: {output}");
+    assert_eq!(lines[0].0, target, "{output}");
+    lines[0].1.clone()
+}
+
+/// The `NAME@sha256:HEX SIZE` lines of a text-mode build, as (name, digest, size); panics on any other line.
+#[track_caller]
+pub fn built_lines(output: &Output) -> Vec<(String, String, u64)> {
+    output
+        .stdout
+        .lines()
+        .map(|line| {
+            let (reference, size) = line.split_once(' ').unwrap_or_else(|| panic!("no size in {line:?}: {output}"));
+            let (name, digest) = reference.split_once('@').unwrap_or_else(|| panic!("no digest in {line:?}"));
+            assert_digest(digest);
+            let size = size.parse().unwrap_or_else(|e| panic!("bad size in {line:?} ({e}): {output}"));
+            (name.to_string(), digest.to_string(), size)
+        })
+        .collect()
+}
+
+/// `docker-idpb build CONTEXT --oci-layout LAYOUT -t TAG EXTRA...` in an isolated environment plus `envs`:
+/// asserts success and one result line for `tag`, and returns the manifest digest.
+#[track_caller]
+pub fn build_digest(context: &Path, layout: &Path, tag: &str, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut args: Vec<String> = vec!["build".into(), path_str(context), "--oci-layout".into(), path_str(layout)];
+    args.extend(["-t", tag].into_iter().chain(extra.iter().copied()).map(str::to_string));
+    let output = idpb(&args, envs);
+    output.assert_success();
+    let lines = built_lines(&output);
+    assert_eq!(lines.len(), 1, "one tag, one line: {output}");
+    assert_eq!(lines[0].0, tag, "{output}");
+    lines[0].1.clone()
+}
+
+/// Asserts none of `secrets` appears on stdout or stderr.
+#[track_caller]
+pub fn assert_no_secret(output: &Output, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(!output.stdout.contains(secret) && !output.stderr.contains(secret), "{secret:?} leaked: {output}");
+    }
+}
+
+/// A JSON array of strings as a `Vec` (null and non-strings give nothing).
+pub fn strings(value: &serde_json::Value) -> Vec<String> {
+    value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+}
+
+/// The JSON document in the file at `path`.
+#[track_caller]
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
