@@ -34,8 +34,9 @@ fn main() {
                 print!("{}", early.output);
                 return;
             }
-            eprint!("{}", early.output);
-            eprintln!("Run '{} --help' for usage.", idpb::cli::program_name(&inv));
+            // argh's message may span lines ("Required positional arguments not provided:\n    host").
+            let message = early.output.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("docker-idpb: {message}; run '{} --help' for usage", idpb::cli::program_name(&inv));
             std::process::exit(2);
         }
     };

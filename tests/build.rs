@@ -655,6 +655,7 @@ fn bad_inputs_fail_with_one_line_and_leave_no_image() {
         (&[&ctx, "--oci-layout", &lay, "-t", "ok:bad tag"], &[2], "ok:bad tag"),
         (&[&ctx, "--oci-layout", &lay, "-t", &format!("a@sha256:{}", "0".repeat(64))], &[2], "digest"),
         (&[&ctx, "--oci-layout", &lay, "--digest-file", "/nonexistent-dir/d"], &[2], "--digest-file"),
+        (&[&ctx, "--oci-layout", &lay, "--bogus"], &[2], "--bogus"),
         (&[&ctx, "--oci-layout", &lay, "--platform", "linux"], &[2], "--platform"),
         (&[&ctx, "--oci-layout", &lay, "--platform", "linux/arm64/v8/extra"], &[2], "--platform"),
         (&[&ctx, "--oci-layout", &lay, "--env", "NO_EQUALS"], &[2], "NO_EQUALS"),
