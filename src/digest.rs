@@ -90,11 +90,6 @@ impl<W: Write> HashingWriter<W> {
         HashingWriter { inner, hasher: Sha256::new(), count: 0 }
     }
 
-    /// Bytes written so far.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     /// Ends hashing: the inner writer, the digest and the byte count.
     pub fn finish(self) -> (W, Digest, u64) {
         let digest = Digest::from_hash(self.hasher.finalize().as_slice());

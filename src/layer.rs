@@ -56,12 +56,6 @@ pub trait LayerObserver {
     fn skipped(&mut self, path: &std::path::Path, what: &str);
 }
 
-/// Ignores all notes.
-pub struct Silent;
-impl LayerObserver for Silent {
-    fn skipped(&mut self, _: &std::path::Path, _: &str) {}
-}
-
 const BLOCK: usize = 512;
 const COPY_BUF: usize = 128 * 1024;
 

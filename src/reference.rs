@@ -5,9 +5,7 @@
 //! the outside in: the digest after the first `@`, then the registry host (the first `/`-separated component,
 //! when it contains `.` or `:` or is `localhost`), then the tag after the first `:` of what remains; each
 //! part is validated alone. A name without a host is Docker Hub's, and a one-component Hub name lives in
-//! `library/`, so `ubuntu` is `docker.io/library/ubuntu`; [`Reference::parse_with_default_registry`] swaps
-//! Docker Hub for another registry (and optional namespace) so `app:1` can mean the idpbuilder Gitea. One
-//! deliberate departure from Docker: Docker takes an uppercase first component (`Foo/bar`) for a registry
+//! `library/`, so `ubuntu` is `docker.io/library/ubuntu`. One deliberate departure from Docker: Docker takes an uppercase first component (`Foo/bar`) for a registry
 //! host, which in practice is always a mistyped repository, so here it is reported as "must be lowercase".
 //! Only sha256 digests are accepted, since that is all the rest of the tool computes. The struct keeps plain
 //! strings (registry as typed, `index.docker.io` normalised to `docker.io`) because they go straight into
@@ -50,15 +48,7 @@ pub struct Reference {
 impl Reference {
     /// Parses `NAME[:TAG][@sha256:HEX]`; a name without a registry host is Docker Hub's.
     pub fn parse(input: &str) -> Result<Reference> {
-        parse_reference(input, &DefaultRegistry { host: DOCKER_HUB, namespace: None })
-    }
-
-    /// Parses like [`Reference::parse`], but a name without a registry host goes to `default_registry`
-    /// (`HOST[:PORT]`, optionally followed by `/NAMESPACE`) instead of Docker Hub. `library/` is only added
-    /// when that default is Docker Hub itself. An explicit host in `input` wins over the default.
-    pub fn parse_with_default_registry(input: &str, default_registry: &str) -> Result<Reference> {
-        let default = DefaultRegistry::parse(default_registry)?;
-        parse_reference(input, &default)
+        parse_reference(input)
     }
 
     /// The tag, or `latest` when none was given (what a registry and Docker assume).
@@ -93,13 +83,6 @@ impl Reference {
     /// The host to send registry API requests to: Docker Hub's API does not answer on `docker.io`.
     pub fn api_host(&self) -> &str {
         if self.registry == DOCKER_HUB { DOCKER_HUB_API_HOST } else { &self.registry }
-    }
-
-    /// The same reference with `tag` instead of its tag (the digest, if any, is kept).
-    pub fn with_tag(&self, tag: &str) -> Result<Reference> {
-        let name = self.repo_name();
-        check_tag(tag, &name).map_err(|message| Error::Reference { input: format!("{name}:{tag}"), message })?;
-        Ok(Reference { tag: Some(tag.to_string()), ..self.clone() })
     }
 
     fn suffix(&self) -> String {
@@ -167,39 +150,7 @@ pub fn is_loopback_host(host: &str) -> bool {
     name == "localhost" || name == "localtest.me" || name.ends_with(".localtest.me")
 }
 
-/// Where names without a registry host go.
-struct DefaultRegistry<'a> {
-    host: &'a str,
-    namespace: Option<&'a str>,
-}
-
-impl<'a> DefaultRegistry<'a> {
-    fn parse(s: &'a str) -> Result<DefaultRegistry<'a>> {
-        let bad = |message: String| Error::Reference { input: s.to_string(), message };
-        if let Some((scheme, rest)) = s.split_once("://") {
-            return Err(bad(format!(
-                "the default registry is a host, not a URL: drop \"{scheme}://\" and use {rest:?}"
-            )));
-        }
-        let (host, namespace) = match s.split_once('/') {
-            Some((host, namespace)) => (host, Some(namespace)),
-            None => (s, None),
-        };
-        if host.is_empty() {
-            return Err(bad("the default registry is empty: give HOST[:PORT], e.g. \"localhost:5000\"".into()));
-        }
-        check_host(host).map_err(|m| bad(format!("default registry: {m}")))?;
-        if let Some(namespace) = namespace {
-            if namespace.is_empty() {
-                return Err(bad(format!("nothing after \"{host}/\": drop the '/' or add a namespace")));
-            }
-            check_path(namespace, &|fixed| format!("{host}/{fixed}")).map_err(bad)?;
-        }
-        Ok(DefaultRegistry { host, namespace })
-    }
-}
-
-fn parse_reference(input: &str, default: &DefaultRegistry<'_>) -> Result<Reference> {
+fn parse_reference(input: &str) -> Result<Reference> {
     let bad = |message: String| Error::Reference { input: input.to_string(), message };
     let trimmed = input.trim();
     if trimmed.is_empty() {
@@ -271,10 +222,7 @@ fn parse_reference(input: &str, default: &DefaultRegistry<'_>) -> Result<Referen
 
     let (registry, repository) = match host {
         Some(host) => (normalize_registry(host), path.to_string()),
-        None => match default.namespace {
-            Some(namespace) => (normalize_registry(default.host), format!("{namespace}/{path}")),
-            None => (normalize_registry(default.host), path.to_string()),
-        },
+        None => (DOCKER_HUB.to_string(), path.to_string()),
     };
     let repository = if registry == DOCKER_HUB && !repository.contains('/') {
         format!("{OFFICIAL_NAMESPACE}/{repository}")
@@ -669,68 +617,6 @@ mod tests {
         let only_digest = Reference { tag: None, ..both };
         assert_eq!(only_digest.full_name(), format!("localhost:5000/a@{d}"));
         assert_eq!(only_digest.tag_or_latest(), "latest");
-    }
-
-    #[test]
-    fn with_tag_validates() {
-        let r = Reference::parse("localhost:5000/a:1").unwrap();
-        let r2 = r.with_tag("v2").unwrap();
-        assert_eq!(r2.full_name(), "localhost:5000/a:v2");
-        assert_eq!(r.tag.as_deref(), Some("1"));
-        match r.with_tag("bad tag") {
-            Err(Error::Reference { input, message }) => {
-                assert_eq!(input, "localhost:5000/a:bad tag");
-                assert!(message.contains("contains ' '"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(r.with_tag("").is_err());
-        assert!(r.with_tag(&"t".repeat(129)).is_err());
-        assert!(r.with_tag(&"t".repeat(128)).is_ok());
-    }
-
-    #[test]
-    fn default_registry() {
-        let gitea = "gitea.cnoe.localtest.me:8443";
-        let parse = Reference::parse_with_default_registry;
-
-        let r = parse("app:1", gitea).unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), (gitea, "app", Some("1")));
-        assert_eq!(r.familiar_name(), "gitea.cnoe.localtest.me:8443/app:1");
-
-        let r = parse("team/app", &format!("{gitea}/giteaadmin")).unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), (gitea, "giteaadmin/team/app"));
-
-        // An explicit host wins over the default.
-        let r = parse("localhost:5000/x", gitea).unwrap();
-        assert_eq!(r, Reference::parse("localhost:5000/x").unwrap());
-
-        // Docker Hub as the default behaves like `parse`.
-        assert_eq!(parse("app", "docker.io").unwrap(), Reference::parse("app").unwrap());
-        assert_eq!(parse("app", "index.docker.io").unwrap(), Reference::parse("app").unwrap());
-
-        for (input, default, needle) in [
-            ("app", "https://gitea.example", "drop \"https://\" and use \"gitea.example\""),
-            ("app", "", "the default registry is empty"),
-            ("app", "bad_host.example", "default registry: registry host"),
-            ("app", "localhost:5000/", "nothing after \"localhost:5000/\""),
-            ("app", "localhost:5000/Admin", "must be lowercase: use \"localhost:5000/admin\""),
-        ] {
-            match parse(input, default) {
-                Err(Error::Reference { input, message }) => {
-                    assert_eq!(input, default);
-                    assert!(message.contains(needle), "{default:?}: {message:?}");
-                }
-                other => panic!("{default:?}: {other:?}"),
-            }
-        }
-        match parse("Foo", gitea) {
-            Err(Error::Reference { input, message }) => {
-                assert_eq!(input, "Foo");
-                assert!(message.contains("lowercase"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]

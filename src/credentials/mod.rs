@@ -199,12 +199,6 @@ fn find_in_docker_config(env: &Env, path: &Path, target: &Target) -> Result<Opti
     Ok(found.map(|secret| Credential { secret, source: format!("{label} (auths)") }))
 }
 
-/// Runs `docker-credential-NAME get` for `server` (`host[:port]`, or `https://index.docker.io/v1/` for
-/// Docker Hub). `Ok(None)` when the helper has no credentials for it.
-pub fn helper_get(name: &str, server: &str) -> Result<Option<Credential>> {
-    run_helper(&Env::from_process(), name, server, None)
-}
-
 /// The Docker config directory: `explicit` (`--config`), else `$DOCKER_CONFIG`, else `~/.docker`.
 pub fn docker_config_dir(explicit: Option<&Path>) -> Option<PathBuf> {
     config_dir_in(&Env::from_process(), explicit)

@@ -5,6 +5,12 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+/// Ignores all notes.
+struct Silent;
+impl LayerObserver for Silent {
+    fn skipped(&mut self, _: &Path, _: &str) {}
+}
+
 struct Scratch(PathBuf);
 
 impl Scratch {

@@ -377,11 +377,6 @@ impl Registry {
         &self.host
     }
 
-    /// The credential in use, if any (for messages: its source).
-    pub fn credential(&self) -> Option<&Credential> {
-        self.credential.as_ref()
-    }
-
     /// `GET /v2/`: which scheme works, and which auth the registry wants. Busy answers (503...) are
     /// retried; transport errors only on the last scheme tried (on the first, they mean "try HTTP").
     fn ping(&mut self, last_scheme: bool) -> Result<()> {

@@ -53,11 +53,6 @@ impl RegistrySink {
             pushed: Vec::new(),
         }
     }
-
-    /// Repositories this sink writes to.
-    pub fn repositories(&self) -> &[String] {
-        &self.repos
-    }
 }
 
 /// The upload writer plus what the sink needs to finish the job on commit.
