@@ -48,29 +48,14 @@ pub trait Sink {
         if self.has_blob(digest)? {
             return Ok(false);
         }
-        let result = {
-            let mut w = self.blob_writer()?;
-            match w.write_all(bytes) {
-                Ok(()) => w.commit(digest, bytes.len() as u64),
-                Err(e) => {
-                    let _ = w.abort();
-                    Err(crate::layer::sink_error(e))
-                }
-            }
-        };
-        match result {
-            Err(crate::error::Error::ChunkedRefused(_)) => {
-                let produce = |w: &mut dyn Write| w.write_all(bytes).map_err(crate::layer::sink_error);
-                self.put_blob_streamed(digest, bytes.len() as u64, &produce)?;
-            }
-            other => other?,
-        }
+        let produce = |w: &mut dyn Write| w.write_all(bytes).map_err(crate::layer::sink_error);
+        self.put_blob_streamed(digest, bytes.len() as u64, &produce)?;
         Ok(true)
     }
 
     /// Stores a blob of known digest and size whose bytes `produce` writes (and can write again: it is
-    /// deterministic). The default streams into a [`BlobWriter`]; a registry that refuses chunked uploads
-    /// overrides it with one monolithic PUT.
+    /// deterministic). The default streams into a [`BlobWriter`]; the registry sink falls back to one
+    /// monolithic PUT, producing the bytes again, when the registry refuses chunked uploads.
     fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &Produce<'_>) -> Result<()> {
         let mut w = self.blob_writer()?;
         match produce(&mut w) {

@@ -30,6 +30,8 @@ pub struct RegistrySink {
     pub report: PushReport,
     /// Per-tag results of manifest PUTs.
     pub pushed: Vec<(Reference, std::result::Result<Digest, String>)>,
+    /// The registry refused a chunked upload: later blobs go straight to one PUT each.
+    chunked_refused: bool,
 }
 
 /// What a push sent over the network.
@@ -51,6 +53,7 @@ impl RegistrySink {
             present: Default::default(),
             report: PushReport::default(),
             pushed: Vec::new(),
+            chunked_refused: false,
         }
     }
 }
@@ -60,11 +63,20 @@ struct SinkUpload<'a> {
     upload: Upload<'a>,
     report: &'a mut PushReport,
     present: &'a mut std::collections::HashSet<Digest>,
+    chunked_refused: &'a mut bool,
 }
 
 impl std::io::Write for SinkUpload<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.upload.write(buf)
+        let result = self.upload.write(buf);
+        if let Err(e) = &result
+            && e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<Error>())
+                .is_some_and(|e| matches!(e, Error::ChunkedRefused(_)))
+        {
+            *self.chunked_refused = true;
+        }
+        result
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -73,8 +85,11 @@ impl std::io::Write for SinkUpload<'_> {
 
 impl BlobWriter for SinkUpload<'_> {
     fn commit(self: Box<Self>, digest: &Digest, size: u64) -> Result<()> {
-        let SinkUpload { upload, report, present } = *self;
-        Box::new(upload).commit(digest, size)?;
+        let SinkUpload { upload, report, present, chunked_refused } = *self;
+        if let Err(e) = Box::new(upload).commit(digest, size) {
+            *chunked_refused |= matches!(e, Error::ChunkedRefused(_));
+            return Err(e);
+        }
         report.blobs_uploaded.push(digest.to_string());
         report.bytes_uploaded += size;
         present.insert(digest.clone());
@@ -102,14 +117,35 @@ impl Sink for RegistrySink {
     }
 
     fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
+        if self.chunked_refused {
+            return Err(Error::ChunkedRefused(format!("{} refuses chunked uploads", self.registry.host())));
+        }
         let first = self.repos[0].clone();
         // Split borrows: the upload needs the registry and chunk size, the commit needs report and set.
-        let RegistrySink { registry, chunk, report, present, .. } = self;
+        let RegistrySink { registry, chunk, report, present, chunked_refused, .. } = self;
         let upload = Upload::start(registry, &first, chunk)?;
-        Ok(Box::new(SinkUpload { upload, report, present }))
+        Ok(Box::new(SinkUpload { upload, report, present, chunked_refused }))
     }
 
+    /// Chunked first (unless the registry refused it before in this run), else one monolithic PUT: the
+    /// blob's digest is known, so the bytes can be produced again for it.
     fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &crate::sink::Produce<'_>) -> Result<()> {
+        if !self.chunked_refused {
+            let chunked = {
+                let mut w = self.blob_writer()?;
+                match produce(&mut w) {
+                    Ok(()) => w.commit(digest, size),
+                    Err(e) => {
+                        let _ = w.abort();
+                        Err(e)
+                    }
+                }
+            };
+            match chunked {
+                Err(Error::ChunkedRefused(_)) => {}
+                other => return other,
+            }
+        }
         let first = self.repos[0].clone();
         super::upload::put_monolithic(&mut self.registry, &first, digest, size, produce)?;
         self.present.insert(digest.clone());
