@@ -45,7 +45,16 @@ impl Built {
     }
 }
 
+/// Special files the walk left out, collected to be reported once the stream is done.
 struct Skipped(Vec<(std::path::PathBuf, String)>);
+
+impl Skipped {
+    fn report(&self, progress: &mut Progress) {
+        for (path, what) in &self.0 {
+            progress.warn(&format!("skipped {} ({what}: cannot be stored in an image)", path.display()));
+        }
+    }
+}
 
 impl LayerObserver for Skipped {
     fn skipped(&mut self, path: &std::path::Path, what: &str) {
@@ -119,9 +128,7 @@ fn monolithic_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress, w
     progress.note(&format!("{why}; sending the layer as one request (compressing it twice to keep memory bounded)"));
     let mut skipped = Skipped(Vec::new());
     let (_, digests) = write_layer(&plan.context, &plan.layer, std::io::sink(), &mut skipped)?;
-    for (path, what) in &skipped.0 {
-        progress.warn(&format!("skipped {} ({what}: cannot be stored in an image)", path.display()));
-    }
+    skipped.report(progress);
     if !sink.has_blob(&digests.digest)? {
         let produce = |w: &mut dyn Write| -> Result<()> {
             let (_, again) = write_layer(&plan.context, &plan.layer, w, &mut Skipped(Vec::new()))?;
@@ -170,9 +177,7 @@ fn stream_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> Re
         (produced, consumed, skipped)
     });
     // Special files the walk leaves out are reported after the stream, not in the middle of its progress.
-    for (path, what) in &skipped.0 {
-        progress.warn(&format!("skipped {} ({what}: cannot be stored in an image)", path.display()));
-    }
+    skipped.report(progress);
     // The sink's failure explains the producer's broken pipe, so it comes first.
     match consumed.and(produced) {
         Ok(digests) => {

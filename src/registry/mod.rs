@@ -675,11 +675,8 @@ impl Registry {
             None if req.body.is_empty() => OwnedBody::None,
             None => OwnedBody::Bytes(req.body.to_vec()),
         };
-        http::Request::builder()
-            .method(req.method)
-            .uri(&url)
-            .body(())
-            .map_err(|e| Error::Registry(format!("invalid request URL {}: {e}", path_of(&url))))?;
+        // Checked here so a bad URL is an error, not a silently dead worker.
+        url.parse::<http::Uri>().map_err(|e| Error::Registry(format!("invalid request URL {}: {e}", path_of(&url))))?;
         *self.sent.entry(req.method).or_default() += 1;
         let agent = self.agent.clone();
         let method = req.method;
