@@ -25,6 +25,17 @@ pub trait BlobWriter: Write {
 /// Writes a blob's bytes into the given writer; callable more than once, from another thread.
 pub type Produce<'a> = dyn Fn(&mut dyn Write) -> Result<()> + Sync + 'a;
 
+/// Has `produce` write into `w`, then commits the blob under `digest`, or aborts it on failure.
+pub fn write_blob(mut w: Box<dyn BlobWriter + '_>, digest: &Digest, size: u64, produce: &Produce<'_>) -> Result<()> {
+    match produce(&mut w) {
+        Ok(()) => w.commit(digest, size),
+        Err(e) => {
+            let _ = w.abort();
+            Err(e)
+        }
+    }
+}
+
 /// A manifest ready to be stored under one or more names.
 #[derive(Debug, Clone)]
 pub struct ManifestBlob {
@@ -57,14 +68,7 @@ pub trait Sink {
     /// deterministic). The default streams into a [`BlobWriter`]; the registry sink falls back to one
     /// monolithic PUT, producing the bytes again, when the registry refuses chunked uploads.
     fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &Produce<'_>) -> Result<()> {
-        let mut w = self.blob_writer()?;
-        match produce(&mut w) {
-            Ok(()) => w.commit(digest, size),
-            Err(e) => {
-                let _ = w.abort();
-                Err(e)
-            }
-        }
+        write_blob(self.blob_writer()?, digest, size, produce)
     }
 
     /// Stores the manifest and names it `reference`. Every blob it points to is already committed.

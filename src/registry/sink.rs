@@ -131,17 +131,7 @@ impl Sink for RegistrySink {
     /// blob's digest is known, so the bytes can be produced again for it.
     fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &crate::sink::Produce<'_>) -> Result<()> {
         if !self.chunked_refused {
-            let chunked = {
-                let mut w = self.blob_writer()?;
-                match produce(&mut w) {
-                    Ok(()) => w.commit(digest, size),
-                    Err(e) => {
-                        let _ = w.abort();
-                        Err(e)
-                    }
-                }
-            };
-            match chunked {
+            match crate::sink::write_blob(self.blob_writer()?, digest, size, produce) {
                 Err(Error::ChunkedRefused(_)) => {}
                 other => return other,
             }

@@ -1476,6 +1476,11 @@ fn in_repository(server: &Server, repo: &str) -> Vec<Exchange> {
     server.exchanges().into_iter().filter(|e| repository_of(e.request.path_only()) == Some(repo)).collect()
 }
 
+/// PUTs a minimal OCI manifest as `HOST/ns/app:v1`.
+fn put_oci_manifest(sink: &mut RegistrySink, host: &str) -> Result<()> {
+    sink.put_manifest(&manifest_blob("application/vnd.oci.image.manifest.v1+json"), &reference(host, "ns/app:v1"))
+}
+
 fn reference(host: &str, name: &str) -> Reference {
     Reference::parse(&format!("{host}/{name}")).expect("reference")
 }
@@ -1570,11 +1575,7 @@ fn a_refused_bearer_token_is_refreshed_once_and_the_push_goes_on() {
 
     // POST, PATCH, PATCH, then the third PATCH meets the refusal.
     let digest = upload(&mut sink, &blob).expect("the upload goes on with a fresh token").to_string();
-    sink.put_manifest(
-        &manifest_blob("application/vnd.oci.image.manifest.v1+json"),
-        &reference(&server.host, "ns/app:v1"),
-    )
-    .expect("manifest with the fresh token");
+    put_oci_manifest(&mut sink, &server.host).expect("manifest with the fresh token");
 
     assert!(stored(&emulator, &digest, &blob), "the registry must hold the exact blob");
     let asked: Vec<_> = tokens.exchanges().iter().map(token_request).collect();
@@ -1644,11 +1645,7 @@ fn identity_token_is_traded_by_an_oauth2_refresh_token_post() {
     let mut sink = sink_for(&server.host, Some(credential), MIB);
 
     sink.put_blob(b"{}", &Digest::of(b"{}")).expect("config blob");
-    sink.put_manifest(
-        &manifest_blob("application/vnd.oci.image.manifest.v1+json"),
-        &reference(&server.host, "ns/app:v1"),
-    )
-    .expect("manifest");
+    put_oci_manifest(&mut sink, &server.host).expect("manifest");
 
     let asked = tokens.exchanges();
     assert_eq!(asked.len(), 1, "{asked:?}");
@@ -1689,11 +1686,7 @@ fn registry_token_is_sent_as_bearer_without_asking_the_token_server() {
     let mut sink = sink_for(&server.host, Some(credential), MIB);
 
     sink.put_blob(b"{}", &Digest::of(b"{}")).expect("config blob");
-    sink.put_manifest(
-        &manifest_blob("application/vnd.oci.image.manifest.v1+json"),
-        &reference(&server.host, "ns/app:v1"),
-    )
-    .expect("manifest");
+    put_oci_manifest(&mut sink, &server.host).expect("manifest");
 
     assert!(tokens.exchanges().is_empty(), "no token request: {:?}", tokens.exchanges());
     let app = in_repository(&server, "ns/app");
@@ -1715,11 +1708,7 @@ fn anonymous_bearer_token_is_asked_without_authorization_and_the_push_works() {
     let blob = noise(MIB + 7, 24);
 
     let digest = upload(&mut sink, &blob).expect("anonymous upload").to_string();
-    sink.put_manifest(
-        &manifest_blob("application/vnd.oci.image.manifest.v1+json"),
-        &reference(&server.host, "ns/app:v1"),
-    )
-    .expect("anonymous manifest");
+    put_oci_manifest(&mut sink, &server.host).expect("anonymous manifest");
 
     let asked = tokens.exchanges();
     assert_eq!(asked.len(), 1, "{asked:?}");
@@ -1740,11 +1729,7 @@ fn basic_credentials_go_on_every_route_after_the_pings_basic_challenge() {
     let blob = noise(MIB + 3, 25);
 
     let digest = upload(&mut sink, &blob).expect("upload with Basic").to_string();
-    sink.put_manifest(
-        &manifest_blob("application/vnd.oci.image.manifest.v1+json"),
-        &reference(&server.host, "ns/app:v1"),
-    )
-    .expect("manifest with Basic");
+    put_oci_manifest(&mut sink, &server.host).expect("manifest with Basic");
 
     let all = server.exchanges();
     let (ping, rest) = all.split_first().expect("requests");
