@@ -119,12 +119,19 @@ impl Parser<'_> {
     }
 }
 
+/// A token endpoint's JSON answer (other fields ignored).
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
 /// The token in a token endpoint's JSON answer: `token`, else `access_token`.
 pub fn token_from_response(body: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    ["token", "access_token"]
-        .iter()
-        .find_map(|k| v.get(*k).and_then(|t| t.as_str()).filter(|t| !t.is_empty()).map(str::to_string))
+    let v: TokenAnswer = serde_json::from_str(body).ok()?;
+    [v.token, v.access_token].into_iter().flatten().find(|t| !t.is_empty())
 }
 
 /// Percent-encodes a query parameter value.

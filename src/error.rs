@@ -7,6 +7,13 @@
 //! constructors below and `main` only has to print and pick an exit code. Secrets never reach an `Error`:
 //! credentials are kept out of messages by construction (registry errors carry status, code and message
 //! from the response body, never request headers).
+//!
+//! Registry failures carry data as well as their line: a [`RegistryError`] says whether it was an HTTP
+//! status (with the registry's error codes), a transport failure (DNS, refused, reset, timeout) or a
+//! protocol violation, and [`Error::is_transient`] reads that data, so the retry policy never guesses from
+//! a message. Two conditions are not failures at all but signals between the registry client and the
+//! pipeline ([`Restart`]: the upload session was lost, or chunked upload is refused); the pipeline acts on
+//! them and users only see them as a registry error when acting on them did not help.
 
 use std::fmt;
 use std::io;
@@ -14,6 +21,87 @@ use std::path::{Path, PathBuf};
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A signal from the registry client to whoever produces a blob's bytes: start over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restart {
+    /// The registry lost the upload session (e.g. after a dropped acknowledgement): send the blob again
+    /// from its first byte.
+    UploadLost(String),
+    /// The registry refused chunked upload (PATCH): send the blob as one PUT of known digest.
+    ChunkedRefused(String),
+}
+
+impl Restart {
+    pub fn reason(&self) -> &str {
+        match self {
+            Restart::UploadLost(m) | Restart::ChunkedRefused(m) => m,
+        }
+    }
+}
+
+/// A registry failure: what kind (for decisions), the line the user sees, and how many attempts were made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryError {
+    pub kind: RegistryErrorKind,
+    /// One line naming the operation, the host and the registry's own words; never a credential.
+    pub message: String,
+    /// Attempts made before giving up (1 = no retry).
+    pub attempts: u32,
+}
+
+/// What went wrong with a registry, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryErrorKind {
+    /// The registry answered with an HTTP status it should not have, with its error codes
+    /// (`BLOB_UNKNOWN`, `DENIED`...).
+    Status { status: u16, codes: Vec<String> },
+    /// The request did not get an answer.
+    Transport(TransportKind),
+    /// The registry answered something that breaks the protocol (a bad Location, an oversized or invalid
+    /// body, a digest that does not match): sending the same request again would not help.
+    Protocol,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// The host name does not resolve: permanent, not retried (as skopeo and Docker do).
+    Dns,
+    /// Connection refused.
+    Refused,
+    /// Connection reset or closed mid-exchange.
+    Reset,
+    /// No answer within the time allowed.
+    Timeout,
+    /// Any other I/O failure on the way.
+    Other,
+}
+
+/// Statuses worth another attempt: timeouts, rate limits, and server or proxy trouble.
+pub fn transient_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 499 | 500 | 502 | 503 | 504 | 522)
+}
+
+impl RegistryError {
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            RegistryErrorKind::Status { status, .. } => transient_status(*status),
+            RegistryErrorKind::Transport(kind) => *kind != TransportKind::Dns,
+            RegistryErrorKind::Protocol => false,
+        }
+    }
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if self.attempts > 1 {
+            write!(f, " (gave up after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
 
 /// Everything that can go wrong, one line each.
 #[derive(Debug)]
@@ -30,17 +118,14 @@ pub enum Error {
     Reference { input: String, message: String },
     /// An OCI layout or local store is missing something or malformed.
     Layout(String),
-    /// A registry answered with an error or could not be reached.
-    Registry(String),
+    /// A registry answered with an error, could not be reached, or broke the protocol.
+    Registry(Box<RegistryError>),
     /// Authentication failed or credentials could not be obtained.
     Auth(String),
     /// TLS setup or verification failed.
     Tls(String),
-    /// A registry lost an upload session (e.g. after a dropped acknowledgement); the blob must be sent again
-    /// from its first byte. The pipeline handles it; users see it only when it keeps happening.
-    UploadLost(String),
-    /// A registry refused chunked upload (PATCH); the blob must be sent as one PUT of known digest.
-    ChunkedRefused(String),
+    /// Not a failure: the blob must be sent again another way (see [`Restart`]).
+    Restart(Restart),
     /// The user interrupted the run (Ctrl-C, SIGTERM, or the docker CLI closed the plugin socket).
     Cancelled,
 }
@@ -54,6 +139,35 @@ impl Error {
     /// An I/O error on `path` while doing `action` ("read", "create", ...).
     pub fn io(path: impl AsRef<Path>, action: &'static str, source: io::Error) -> Error {
         Error::Io { path: path.as_ref().to_path_buf(), action, source }
+    }
+
+    /// A registry broke the protocol (permanent): `message` is the line the user sees.
+    pub fn protocol(message: impl Into<String>) -> Error {
+        Error::registry(RegistryErrorKind::Protocol, message)
+    }
+
+    /// A registry error of `kind` after one attempt.
+    pub fn registry(kind: RegistryErrorKind, message: impl Into<String>) -> Error {
+        Error::Registry(Box::new(RegistryError { kind, message: message.into(), attempts: 1 }))
+    }
+
+    /// Whether trying the same thing again may succeed: decided from the error's data, never its text.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Registry(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The same error, noting that `attempts` attempts were made (registry errors only).
+    pub fn with_attempts(self, attempts: u32) -> Error {
+        match self {
+            Error::Registry(mut e) => {
+                e.attempts = e.attempts.max(attempts);
+                Error::Registry(e)
+            }
+            other => other,
+        }
     }
 
     /// The process exit code for this error: 130 for cancellation, 2 for usage (flags, names), 1 otherwise.
@@ -88,10 +202,11 @@ impl fmt::Display for Error {
             Error::Reference { input, message } => {
                 write!(f, "invalid reference {input:?}: {message}")
             }
-            Error::Layout(m) | Error::Registry(m) | Error::Auth(m) | Error::Tls(m) => {
+            Error::Layout(m) | Error::Auth(m) | Error::Tls(m) => {
                 write!(f, "{m}")
             }
-            Error::UploadLost(m) | Error::ChunkedRefused(m) => write!(f, "{m}"),
+            Error::Registry(e) => write!(f, "{e}"),
+            Error::Restart(r) => write!(f, "{}", r.reason()),
             Error::Cancelled => write!(f, "cancelled"),
         }
     }
@@ -133,5 +248,18 @@ mod tests {
         assert_eq!(Error::Cancelled.exit_code(), 130);
         assert_eq!(Error::usage("x").exit_code(), 2);
         assert_eq!(Error::Context("x".into()).exit_code(), 1);
+    }
+
+    #[test]
+    fn transience_is_read_from_data() {
+        let status = |s| Error::registry(RegistryErrorKind::Status { status: s, codes: vec![] }, "x");
+        assert!(status(503).is_transient() && status(429).is_transient() && status(408).is_transient());
+        assert!(!status(404).is_transient() && !status(401).is_transient() && !status(400).is_transient());
+        let transport = |k| Error::registry(RegistryErrorKind::Transport(k), "x");
+        assert!(transport(TransportKind::Refused).is_transient() && transport(TransportKind::Timeout).is_transient());
+        assert!(!transport(TransportKind::Dns).is_transient());
+        assert!(!Error::protocol("bad Location").is_transient());
+        assert!(!Error::Tls("x".into()).is_transient() && !Error::Cancelled.is_transient());
+        assert_eq!(Error::protocol("m").with_attempts(3).to_string(), "m (gave up after 3 attempts)");
     }
 }

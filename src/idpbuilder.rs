@@ -62,10 +62,18 @@ pub fn gitea_credentials() -> Result<Option<Credential>> {
 
 /// Runs a tool; None when it is not installed. A failing tool is an error with its first line of stderr.
 fn run(tool: &str, args: &[&str]) -> Result<Option<Vec<u8>>> {
-    let out = match Command::new(tool).args(args).output() {
+    let bounds = crate::child::Bounds {
+        deadline: std::time::Instant::now() + crate::credentials::HELPER_TIMEOUT,
+        max_output: crate::credentials::HELPER_MAX_OUTPUT,
+    };
+    let cancel = crate::signal::Cancel::process();
+    let out = match crate::child::run(Command::new(tool).args(args), b"", &bounds, &cancel) {
         Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::Auth(format!("cannot run {tool}: {e}"))),
+        Err(crate::child::Failure::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(f) => {
+            let source = format!("`{tool} {}`", args.join(" "));
+            return Err(crate::credentials::helper_failure(&source, "idpbuilder's Gitea", f));
+        }
     };
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

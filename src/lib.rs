@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod child;
 pub mod cli;
 pub mod credentials;
 pub mod digest;

@@ -23,10 +23,23 @@ fn main() {
         println!("{}", idpb::cli::plugin_metadata());
         return;
     }
-    idpb::signal::install();
+    // A second signal means the user will not wait for the clean-up.
+    let _ = ctrlc::set_handler(|| {
+        if idpb::signal::cancel() {
+            std::process::exit(130);
+        }
+    });
     idpb::signal::watch_plugin_socket();
     let inv = idpb::cli::argv::normalize(&argv);
     let args: Vec<&str> = inv.args.iter().map(String::as_str).collect();
+    if let ["credential", action] = args.as_slice() {
+        // The helper protocol as a subcommand: errors on stdout, exit 1.
+        if let Err(e) = idpb::cli::credential_helper(action) {
+            println!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = match <idpb::cli::Cli as argh::FromArgs>::from_args(&[idpb::cli::program_name(&inv)], &args) {
         Ok(cli) => cli,
         Err(early) => {

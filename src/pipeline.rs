@@ -10,7 +10,7 @@ use std::io::Write;
 
 use crate::cache::LayerCache;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Restart, Result};
 use crate::image::{
     Descriptor, ImageOptions, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST, Manifest, Platform,
 };
@@ -99,20 +99,13 @@ pub fn store_layer(
         progress.note(&format!("layer {}: unchanged, already stored", short(&digests.digest)));
         return Ok(digests);
     }
-    let mut attempt = 0;
-    let digests = loop {
-        attempt += 1;
-        match stream_layer(plan, sink, progress) {
-            Err(Error::UploadLost(why)) if attempt < MAX_RESTREAMS => {
-                progress.warn(&format!("{why}; sending the layer again"));
-            }
-            Err(Error::UploadLost(why)) => {
-                return Err(Error::Registry(format!("{why}, {attempt} times in a row; giving up")));
-            }
-            Err(Error::ChunkedRefused(why)) => break monolithic_layer(plan, sink, progress, &why)?,
-            other => break other?,
-        }
-    };
+    let digests = restreaming(
+        progress,
+        sink,
+        "the layer",
+        |progress, sink| stream_layer(plan, sink, progress),
+        |progress, sink, why| monolithic_layer(plan, sink, progress, why),
+    )?;
     if let (Some(cache), Some(fp)) = (cache, fingerprint) {
         // Only if nothing changed while it was read.
         if LayerCache::fingerprint(&plan.context, &plan.layer)? == fp {
@@ -120,6 +113,33 @@ pub fn store_layer(
         }
     }
     Ok(digests)
+}
+
+/// Sends a blob with `send`, again from its first byte when the registry lost the upload session (a
+/// bounded number of times: each loss already came after the per-request retries), and with `single_put`
+/// when the registry refuses chunked uploads. The one re-stream loop for every blob source, so a layer from
+/// the context and a blob from a layout recover alike.
+fn restreaming<T>(
+    progress: &mut Progress,
+    sink: &mut dyn Sink,
+    what: &str,
+    mut send: impl FnMut(&mut Progress, &mut dyn Sink) -> Result<T>,
+    single_put: impl FnOnce(&mut Progress, &mut dyn Sink, &str) -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match send(progress, sink) {
+            Err(Error::Restart(Restart::UploadLost(why))) if attempt < MAX_RESTREAMS => {
+                progress.warn(&format!("{why}; sending {what} again"));
+            }
+            Err(Error::Restart(Restart::UploadLost(why))) => {
+                return Err(Error::protocol(format!("{why}, {attempt} times in a row; giving up")));
+            }
+            Err(Error::Restart(Restart::ChunkedRefused(why))) => return single_put(progress, sink, &why),
+            other => return other,
+        }
+    }
 }
 
 /// For a registry without chunked upload: one pass to learn digest and size, then a second streamed
@@ -294,7 +314,7 @@ pub fn store_image(
     if !failed.is_empty() {
         let list: Vec<String> = failed.iter().map(|(n, e)| format!("{n}: {e}")).collect();
         let stored = if done.is_empty() { String::new() } else { format!(" (stored: {})", done.join(", ")) };
-        return Err(Error::Registry(format!("some tags failed: {}{stored}", list.join("; "))));
+        return Err(Error::protocol(format!("some tags failed: {}{stored}", list.join("; "))));
     }
     sink.finish()?;
     Ok(manifest)
@@ -324,23 +344,17 @@ pub fn copy_from_layout(
             progress.note(&format!("layer {}: already stored", short(&layer.digest)));
             continue;
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match copy_blob(layout, &layer.digest, layer.size, sink, progress) {
-                Err(Error::UploadLost(why)) if attempt < MAX_RESTREAMS => {
-                    progress.warn(&format!("{why}; sending it again"))
-                }
-                Err(Error::ChunkedRefused(_)) => {
-                    let produce = |w: &mut dyn Write| -> Result<()> {
-                        let mut f = layout.open_blob(&layer.digest)?;
-                        std::io::copy(&mut f, w).map(|_| ()).map_err(crate::layer::sink_error)
-                    };
-                    break sink.put_blob_streamed(&layer.digest, layer.size, &produce)?;
-                }
-                other => break other?,
-            }
-        }
+        let produce = |w: &mut dyn Write| -> Result<()> {
+            let mut f = layout.open_blob(&layer.digest)?;
+            std::io::copy(&mut f, w).map(|_| ()).map_err(crate::layer::sink_error)
+        };
+        restreaming(
+            progress,
+            sink,
+            "the blob",
+            |progress, sink| copy_blob(layout, &layer.digest, layer.size, sink, progress),
+            |_, sink, _| sink.put_blob_streamed(&layer.digest, layer.size, &produce),
+        )?;
     }
     // The manifest keeps its exact bytes, so its digest is the one the layout names.
     let blob = ManifestBlob {

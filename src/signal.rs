@@ -1,34 +1,72 @@
 //! Cancellation: Ctrl-C, SIGTERM, and the docker CLI closing the plugin socket.
 //!
-//! Cancellation is a process-wide flag rather than a channel because the pipeline is synchronous: the tar
-//! writer and the uploader check it between blocks and return `Error::Cancelled`, which unwinds through the
-//! normal error path so open upload sessions are deleted and temp files removed by the code that owns them.
-//! A second signal means the user is not willing to wait for that clean-up: the process exits at once with
-//! 130. Run by the docker CLI without a terminal, the plugin is told to stop by the CLI closing the
-//! abstract unix socket named in `DOCKER_CLI_PLUGIN_SOCKET`: a thread connects to it and treats EOF as a
-//! cancel request, and a second EOF-free cancel is not needed because the CLI then waits for our exit.
+//! A [`Cancel`] is a value passed down to whatever may wait (a registry exchange, a retry's sleep, a
+//! credential helper, the tar writer), which checks it between blocks and returns `Error::Cancelled`; that
+//! unwinds through the normal error path, so open upload sessions are deleted and temp files removed by the
+//! code that owns them. The binary's signal handler sets the process-wide one ([`Cancel::process`]); a unit
+//! test makes its own with [`Cancel::new`] and cancels one operation without touching the rest of the
+//! process. A second signal means the user will not wait for the clean-up: `main` exits at once with 130.
+//! Run by the docker CLI without a terminal, the plugin is told to stop by the CLI closing the abstract
+//! unix socket named in `DOCKER_CLI_PLUGIN_SOCKET`: a thread connects to it and treats EOF as a cancel.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-static CANCELLED: AtomicBool = AtomicBool::new(false);
+use crate::error::{Error, Result};
 
-/// Installs the SIGINT/SIGTERM handler. Safe to call once; later calls are ignored.
-pub fn install() {
-    let _ = ctrlc::set_handler(|| {
-        if CANCELLED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+/// A cancellation flag shared by everything one run (or one test) does.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A fresh flag, not cancelled, independent of the process's.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// The process-wide flag that signals and the plugin socket set.
+    pub fn process() -> Cancel {
+        static PROCESS: OnceLock<Cancel> = OnceLock::new();
+        PROCESS.get_or_init(Cancel::new).clone()
+    }
+
+    /// Cancels; returns whether it was cancelled already (a second request).
+    pub fn cancel(&self) -> bool {
+        self.0.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+    }
+
+    /// Sleeps `d`, waking every 20 ms to return `Err(Cancelled)` as soon as the flag is set.
+    pub fn sleep(&self, d: Duration) -> Result<()> {
+        let until = Instant::now() + d;
+        loop {
+            self.check()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
         }
-    });
+    }
 }
 
-/// Whether the run was cancelled.
+/// Whether the run was cancelled (the process-wide flag).
 pub fn cancelled() -> bool {
-    CANCELLED.load(Ordering::Relaxed)
+    Cancel::process().is_cancelled()
 }
 
-/// Marks the run cancelled (used by the plugin-socket watcher and by tests).
-pub fn cancel() {
-    CANCELLED.store(true, Ordering::SeqCst);
+/// Marks the run cancelled; returns whether it was already (used by the signal handler and tests).
+pub fn cancel() -> bool {
+    Cancel::process().cancel()
 }
 
 /// Watches `DOCKER_CLI_PLUGIN_SOCKET` (set by the docker CLI for plugins): EOF on it means cancel.
@@ -61,5 +99,26 @@ fn connect(name: &str) -> Option<std::os::unix::net::UnixStream> {
             UnixStream::connect_addr(&addr).ok()
         }
         None => UnixStream::connect(name).ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_value_is_independent_of_the_process() {
+        let c = Cancel::new();
+        assert!(c.check().is_ok());
+        let started = Instant::now();
+        let other = c.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.cancel();
+        });
+        assert!(matches!(c.sleep(Duration::from_secs(10)), Err(Error::Cancelled)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        t.join().unwrap();
+        assert!(!Cancel::new().is_cancelled());
     }
 }

@@ -197,3 +197,189 @@ impl Sink for Fanout<'_> {
         self.sinks.iter_mut().try_for_each(|(_, s)| s.finish())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    /// What an in-memory sink did, shared with the test after the sink is lent to a fanout.
+    #[derive(Default)]
+    struct Log {
+        blobs: BTreeMap<String, Vec<u8>>,
+        aborted: usize,
+        manifests: Vec<String>,
+    }
+
+    /// A sink in memory: writers buffer, commit stores under the digest (or fails when told to).
+    struct Memory {
+        log: Rc<RefCell<Log>>,
+        fail_commit: bool,
+        fail_writer: bool,
+    }
+
+    impl Memory {
+        fn new() -> (Memory, Rc<RefCell<Log>>) {
+            let log = Rc::new(RefCell::new(Log::default()));
+            (Memory { log: Rc::clone(&log), fail_commit: false, fail_writer: false }, log)
+        }
+    }
+
+    struct MemoryWriter {
+        log: Rc<RefCell<Log>>,
+        buf: Vec<u8>,
+        fail_commit: bool,
+    }
+
+    impl Write for MemoryWriter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.buf.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl BlobWriter for MemoryWriter {
+        fn commit(self: Box<Self>, digest: &Digest, size: u64) -> Result<()> {
+            if self.fail_commit {
+                return Err(Error::protocol("commit refused"));
+            }
+            assert_eq!(self.buf.len() as u64, size);
+            self.log.borrow_mut().blobs.insert(digest.to_string(), self.buf);
+            Ok(())
+        }
+        fn abort(self: Box<Self>) -> Result<()> {
+            self.log.borrow_mut().aborted += 1;
+            Ok(())
+        }
+    }
+
+    impl Sink for Memory {
+        fn has_blob(&mut self, digest: &Digest) -> Result<bool> {
+            Ok(self.log.borrow().blobs.contains_key(digest.as_str()))
+        }
+        fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
+            if self.fail_writer {
+                return Err(Error::protocol("no writer"));
+            }
+            Ok(Box::new(MemoryWriter { log: Rc::clone(&self.log), buf: Vec::new(), fail_commit: self.fail_commit }))
+        }
+        fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
+            self.log.borrow_mut().manifests.push(format!("{reference}@{}", manifest.digest));
+            Ok(())
+        }
+    }
+
+    fn produce_ok(w: &mut dyn Write) -> Result<()> {
+        w.write_all(b"hello").map_err(crate::layer::sink_error)
+    }
+
+    fn produce_fail(w: &mut dyn Write) -> Result<()> {
+        w.write_all(b"hel").map_err(crate::layer::sink_error)?;
+        Err(Error::Context("the context changed".into()))
+    }
+
+    #[test]
+    fn write_blob_commits_what_was_produced_and_aborts_on_failure() {
+        let (mut sink, log) = Memory::new();
+        let d = Digest::of(b"hello");
+        write_blob(sink.blob_writer().unwrap(), &d, 5, &produce_ok).unwrap();
+        assert_eq!(log.borrow().blobs.get(d.as_str()).map(Vec::as_slice), Some(&b"hello"[..]));
+        let err = write_blob(sink.blob_writer().unwrap(), &Digest::of(b"x"), 1, &produce_fail).unwrap_err();
+        assert!(matches!(err, Error::Context(_)), "the producer's own error: {err:?}");
+        assert_eq!(log.borrow().aborted, 1);
+        assert_eq!(log.borrow().blobs.len(), 1, "nothing stored for the failed blob");
+    }
+
+    #[test]
+    fn put_blob_skips_a_blob_the_sink_has() {
+        let (mut sink, log) = Memory::new();
+        let d = Digest::of(b"{}");
+        assert!(sink.put_blob(b"{}", &d).unwrap());
+        assert!(!sink.put_blob(b"{}", &d).unwrap());
+        assert_eq!(log.borrow().blobs.len(), 1);
+    }
+
+    #[test]
+    fn a_fanout_commits_everywhere_or_aborts_the_rest() {
+        let (mut a, log_a) = Memory::new();
+        let (mut b, log_b) = Memory::new();
+        let d = Digest::of(b"hello");
+        {
+            let mut fan = Fanout::new();
+            fan.add(|_| true, &mut a);
+            fan.add(|_| true, &mut b);
+            write_blob(fan.blob_writer().unwrap(), &d, 5, &produce_ok).unwrap();
+        }
+        assert!(log_a.borrow().blobs.contains_key(d.as_str()) && log_b.borrow().blobs.contains_key(d.as_str()));
+
+        // The first commit fails: the second writer is aborted, not committed, and the error is the first's.
+        let (mut a, log_a) = Memory::new();
+        a.fail_commit = true;
+        let (mut b, log_b) = Memory::new();
+        {
+            let mut fan = Fanout::new();
+            fan.add(|_| true, &mut a);
+            fan.add(|_| true, &mut b);
+            let err = write_blob(fan.blob_writer().unwrap(), &d, 5, &produce_ok).unwrap_err();
+            assert_eq!(err.to_string(), "commit refused");
+        }
+        assert!(log_a.borrow().blobs.is_empty() && log_b.borrow().blobs.is_empty());
+        assert_eq!(log_b.borrow().aborted, 1);
+
+        // A producer failure aborts every writer.
+        let (mut a, log_a) = Memory::new();
+        let (mut b, log_b) = Memory::new();
+        {
+            let mut fan = Fanout::new();
+            fan.add(|_| true, &mut a);
+            fan.add(|_| true, &mut b);
+            assert!(write_blob(fan.blob_writer().unwrap(), &d, 5, &produce_fail).is_err());
+        }
+        assert_eq!((log_a.borrow().aborted, log_b.borrow().aborted), (1, 1));
+    }
+
+    #[test]
+    fn a_fanout_that_cannot_open_every_writer_aborts_those_it_opened() {
+        let (mut a, log_a) = Memory::new();
+        let (mut b, _) = Memory::new();
+        b.fail_writer = true;
+        let mut fan = Fanout::new();
+        fan.add(|_| true, &mut a);
+        fan.add(|_| true, &mut b);
+        assert!(fan.blob_writer().is_err());
+        drop(fan);
+        assert_eq!(log_a.borrow().aborted, 1);
+    }
+
+    #[test]
+    fn manifests_go_to_the_sink_that_accepts_the_name() {
+        let (mut a, log_a) = Memory::new();
+        let (mut b, log_b) = Memory::new();
+        let manifest = ManifestBlob {
+            bytes: b"{}".to_vec(),
+            media_type: crate::image::MEDIA_TYPE_MANIFEST.into(),
+            digest: Digest::of(b"{}"),
+            platform: None,
+        };
+        let one = Reference::parse("one.example/x:1").unwrap();
+        let two = Reference::parse("two.example/x:1").unwrap();
+        let three = Reference::parse("three.example/x:1").unwrap();
+        {
+            let mut fan = Fanout::new();
+            fan.add(|r: &Reference| r.api_host() == "one.example", &mut a);
+            fan.add(|r: &Reference| r.api_host() == "two.example", &mut b);
+            fan.put_manifest(&manifest, &one).unwrap();
+            fan.put_manifest(&manifest, &two).unwrap();
+            assert!(matches!(fan.put_manifest(&manifest, &three), Err(Error::Usage(_))));
+        }
+        assert_eq!(log_a.borrow().manifests.len(), 1);
+        assert_eq!(log_b.borrow().manifests.len(), 1);
+        assert!(log_a.borrow().manifests[0].starts_with("one.example/x:1@"));
+    }
+}

@@ -27,18 +27,10 @@ pub fn run(action: &str) -> Result<()> {
             Err(Error::usage(format!("unknown credential helper action {other:?}: use get, list, store or erase")))
         }
     };
-    let mut out = std::io::stdout();
-    match answer {
-        Ok(text) => {
-            let _ = writeln!(out, "{text}");
-            Ok(())
-        }
-        Err(e) => {
-            // Helpers report errors on stdout and exit 1.
-            let _ = writeln!(out, "{e}");
-            std::process::exit(1);
-        }
-    }
+    // Helpers report errors on stdout and exit 1: the binary prints the error there (see `main`).
+    let text = answer?;
+    let _ = writeln!(std::io::stdout(), "{text}");
+    Ok(())
 }
 
 fn get(server: &str) -> Result<String> {

@@ -18,13 +18,51 @@ use crate::reference::Reference;
 use crate::registry::Registry;
 
 fn connect(flags: &dyn RegistryFlags, host: &str, quiet: bool) -> Result<Registry> {
-    let connect = flags.connect_options()?;
+    let mut connect = flags.connect_options()?;
+    connect.quiet = quiet;
     let lookup = flags.credential_lookup()?;
-    let mut credential = lookup.find(host)?;
-    if credential.is_none() && crate::idpbuilder::serves(host) {
-        credential = crate::idpbuilder::gitea_credentials().ok().flatten();
+    crate::registry::open(host, &lookup, &connect, &mut Progress::new(quiet))
+}
+
+/// Prints names as they arrive: one per line, or one JSON object `{"KEY": [...], ...}` written
+/// incrementally, so a registry's list is never held whole.
+struct NamePrinter {
+    json: bool,
+    first: bool,
+    out: std::io::StdoutLock<'static>,
+}
+
+impl NamePrinter {
+    fn start(json: bool, head: &str) -> Result<NamePrinter> {
+        let mut p = NamePrinter { json, first: true, out: std::io::stdout().lock() };
+        if json {
+            p.emit(head)?;
+        }
+        Ok(p)
     }
-    Registry::connect(host, credential, &connect, &mut Progress::new(quiet))
+
+    fn emit(&mut self, s: &str) -> Result<()> {
+        use std::io::Write;
+        self.out.write_all(s.as_bytes()).map_err(|e| Error::io("stdout", "write", e))
+    }
+
+    fn name(&mut self, name: &str) -> Result<()> {
+        if self.json {
+            let sep = if self.first { "" } else { "," };
+            let quoted = serde_json::to_string(name).map_err(|e| Error::protocol(e.to_string()))?;
+            self.first = false;
+            self.emit(&format!("{sep}{quoted}"))
+        } else {
+            self.emit(&format!("{}\n", crate::registry::one_line(name)))
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if self.json {
+            self.emit("]}\n")?;
+        }
+        Ok(())
+    }
 }
 
 fn json_format(format: &str) -> Result<bool> {
@@ -42,29 +80,20 @@ pub fn catalog(args: CatalogArgs) -> Result<()> {
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| crate::idpbuilder::DEFAULT_REGISTRY.to_string());
     let host = normalize_host(args.host.as_deref().unwrap_or(&default));
-    let repos = connect(&args, &host, args.quiet)?.catalog()?;
-    if json {
-        println!("{}", json!({ "repositories": repos }));
-    } else {
-        for r in repos {
-            println!("{r}");
-        }
-    }
-    Ok(())
+    let mut registry = connect(&args, &host, args.quiet)?;
+    let mut printer = NamePrinter::start(json, "{\"repositories\":[")?;
+    registry.catalog(&mut |name| printer.name(name))?;
+    printer.finish()
 }
 
 pub fn tags(args: TagsArgs) -> Result<()> {
     let json = json_format(&args.format)?;
     let reference = Reference::parse(&args.repository)?;
-    let tags = connect(&args, reference.api_host(), args.quiet)?.tags(&reference.repository)?;
-    if json {
-        println!("{}", json!({ "name": reference.repo_name(), "tags": tags }));
-    } else {
-        for t in tags {
-            println!("{t}");
-        }
-    }
-    Ok(())
+    let mut registry = connect(&args, reference.api_host(), args.quiet)?;
+    let name = serde_json::to_string(&reference.repo_name()).map_err(|e| Error::protocol(e.to_string()))?;
+    let mut printer = NamePrinter::start(json, &format!("{{\"name\":{name},\"tags\":["))?;
+    registry.tags(&reference.repository, &mut |tag| printer.name(tag))?;
+    printer.finish()
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
@@ -78,19 +107,19 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     if let Some(asked) = &reference.digest
         && digest.as_str() != asked
     {
-        return Err(Error::Registry(format!("{reference}: the registry sent a manifest whose digest is {digest}")));
+        return Err(Error::protocol(format!("{reference}: the registry sent a manifest whose digest is {digest}")));
     }
     let raw: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Registry(format!("{reference} has a manifest that is not JSON: {e}")))?;
+        .map_err(|e| Error::protocol(format!("{reference} has a manifest that is not JSON: {e}")))?;
     let media_type = raw.get("mediaType").and_then(Value::as_str).map(str::to_string).unwrap_or(media_type);
     let out = if media_type == MEDIA_TYPE_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST {
         let index: Index = serde_json::from_value(raw.clone())
-            .map_err(|e| Error::Registry(format!("{reference}: invalid index: {e}")))?;
+            .map_err(|e| Error::protocol(format!("{reference}: invalid index: {e}")))?;
         let mut platforms = Vec::new();
         for m in &index.manifests {
             let (mbytes, _) = reg.get_manifest(&repo, m.digest.as_str())?;
             if Digest::of(&mbytes) != m.digest {
-                return Err(Error::Registry(format!(
+                return Err(Error::protocol(format!(
                     "{reference}: the manifest for {} does not match its digest",
                     m.digest
                 )));
@@ -115,10 +144,10 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
 /// Manifest + config of one image as JSON.
 fn describe_image(reg: &mut Registry, repo: &str, manifest_bytes: &[u8], platform: Option<String>) -> Result<Value> {
     let manifest: Manifest = serde_json::from_slice(manifest_bytes)
-        .map_err(|e| Error::Registry(format!("invalid image manifest in {repo}: {e}")))?;
+        .map_err(|e| Error::protocol(format!("invalid image manifest in {repo}: {e}")))?;
     let config_bytes = reg.get_blob(repo, &manifest.config.digest)?;
     let config: ImageConfig = serde_json::from_slice(&config_bytes)
-        .map_err(|e| Error::Registry(format!("invalid image config in {repo}: {e}")))?;
+        .map_err(|e| Error::protocol(format!("invalid image config in {repo}: {e}")))?;
     let size = manifest.layers.iter().fold(manifest.config.size, |acc, l| acc.saturating_add(l.size));
     Ok(json!({
         "digest": Digest::of(manifest_bytes),

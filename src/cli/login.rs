@@ -27,8 +27,7 @@ pub fn login(args: LoginArgs) -> Result<()> {
         source: "--password-stdin".into(),
     };
     let mut registry = Registry::connect(&host, Some(credential), &connect, &mut progress)?;
-    let mut req = Request::new("GET", "/v2/", "log in");
-    req.catalog = true;
+    let req = Request::new("GET", "/v2/", "log in");
     let resp = registry.send(&req)?;
     if !resp.ok() {
         return Err(registry.status_error(&req, &resp));

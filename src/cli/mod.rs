@@ -379,7 +379,13 @@ pub trait RegistryFlags {
             ca_files: f.ca_file.to_vec(),
             verify: f.tls_verify,
         };
-        Ok(crate::registry::ConnectOptions { tls, retry, request_timeout: None })
+        Ok(crate::registry::ConnectOptions {
+            tls,
+            retry,
+            request_timeout: None,
+            cancel: crate::signal::Cancel::process(),
+            quiet: false,
+        })
     }
 
     /// Where credentials come from; reads the password from stdin for `--password-stdin`.
@@ -393,10 +399,14 @@ pub trait RegistryFlags {
             }
             (None, false) => None,
         };
+        // A credential helper gets at most the operation's budget (and never more than 30 s).
+        let helper_timeout = f.timeout.map(|t| parse_duration("--timeout", t)).transpose()?;
         Ok(crate::credentials::Lookup {
             username: f.username.map(str::to_string),
             password,
             config_dir: f.config.map(PathBuf::from),
+            helper_timeout,
+            cancel: crate::signal::Cancel::process(),
         })
     }
 }

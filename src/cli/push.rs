@@ -14,7 +14,6 @@ use crate::layout::Layout;
 use crate::pipeline::{self, Plan};
 use crate::progress::Progress;
 use crate::reference::{Reference, sanitize_repository_component};
-use crate::registry::Registry;
 use crate::registry::sink::{DEFAULT_CHUNK, PushReport, RegistrySink};
 use crate::sink::{Fanout, ManifestBlob, Sink};
 use crate::walk::Context;
@@ -29,7 +28,8 @@ enum Source {
 
 pub fn run(args: PushArgs) -> Result<()> {
     let json = args.json()?;
-    let connect = args.connect_options()?;
+    let mut connect = args.connect_options()?;
+    connect.quiet = args.quiet;
     let chunk = match &args.chunk_size {
         None => DEFAULT_CHUNK,
         Some(s) => {
@@ -68,12 +68,8 @@ pub fn run(args: PushArgs) -> Result<()> {
     }
     let mut sinks = Vec::new();
     for (host, repos) in hosts {
-        let mut credential = lookup.find(&host)?;
-        if credential.is_none() && crate::idpbuilder::serves(&host) {
-            // idpbuilder's Gitea: its admin credentials from the cluster, no `docker login` needed.
-            credential = crate::idpbuilder::gitea_credentials().ok().flatten();
-        }
-        let registry = Registry::connect(&host, credential, &connect, &mut progress)?;
+        // idpbuilder's Gitea falls back to its admin credentials from the cluster, no `docker login` needed.
+        let registry = crate::registry::open(&host, &lookup, &connect, &mut progress)?;
         sinks.push(RegistrySink::new(registry, repos, chunk));
     }
 

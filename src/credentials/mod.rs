@@ -12,16 +12,22 @@
 //! secrets report a position, never a value. The environment is read once into a private snapshot that the
 //! search takes as an argument, which is what lets the tests exercise `PATH`, `HOME` and the variables
 //! without touching the process's own environment.
+//!
+//! Helpers are not trusted (see [`crate::child`]): each runs at most [`HELPER_TIMEOUT`] (less when the
+//! command's `--timeout` is shorter), may print at most [`HELPER_MAX_OUTPUT`], is killed with its children
+//! on Ctrl-C, and its stdout is never echoed: a failing helper is reported with its stderr, because stdout
+//! is where a helper puts secrets.
 
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer};
 
@@ -35,6 +41,10 @@ const DOCKER_HUB_HOSTS: [&str; 3] = ["docker.io", "index.docker.io", "registry-1
 const HELPER_NOT_FOUND: &str = "credentials not found in native keychain";
 /// The username a credential helper returns when its secret is an identity (refresh) token.
 const HELPER_TOKEN_USERNAME: &str = "<token>";
+/// The longest a credential helper may take.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a credential helper may print on stdout or stderr.
+pub const HELPER_MAX_OUTPUT: usize = 1024 * 1024;
 /// The source reported for credentials given on the command line.
 pub const FLAGS_SOURCE: &str = "--password-stdin";
 /// The source reported for credentials from `IDPB_USERNAME`/`IDPB_PASSWORD`.
@@ -105,6 +115,10 @@ pub struct Lookup {
     pub password: Option<String>,
     /// `docker --config DIR`: where `config.json` lives instead of `$DOCKER_CONFIG` or `~/.docker`.
     pub config_dir: Option<PathBuf>,
+    /// The longest a credential helper may run (None: [`HELPER_TIMEOUT`]); the command's `--timeout`.
+    pub helper_timeout: Option<Duration>,
+    /// Stops a running helper.
+    pub cancel: crate::signal::Cancel,
 }
 
 impl fmt::Debug for Lookup {
@@ -124,7 +138,8 @@ impl Lookup {
         self.find_in(&Env::from_process(), host)
     }
 
-    fn find_in(&self, env: &Env, host: &str) -> Result<Option<Credential>> {
+    /// [`Lookup::find`] in the given environment snapshot.
+    pub fn find_in(&self, env: &Env, host: &str) -> Result<Option<Credential>> {
         match (&self.username, &self.password) {
             (Some(username), Some(password)) => {
                 let secret = Secret::Basic { username: username.clone(), password: password.clone() };
@@ -161,7 +176,7 @@ impl Lookup {
         }
         if let Some(dir) = config_dir_in(env, self.config_dir.as_deref()) {
             let path = dir.join("config.json");
-            if let Some(found) = find_in_docker_config(env, &path, &target)? {
+            if let Some(found) = find_in_docker_config(env, self, &path, &target)? {
                 return Ok(Some(found));
             }
         }
@@ -178,7 +193,7 @@ impl Lookup {
 }
 
 /// `credHelpers`/`credsStore`, then `auths`, of one Docker `config.json` (a missing file has nothing).
-fn find_in_docker_config(env: &Env, path: &Path, target: &Target) -> Result<Option<Credential>> {
+fn find_in_docker_config(env: &Env, lookup: &Lookup, path: &Path, target: &Target) -> Result<Option<Credential>> {
     let Some(text) = read_optional(path)? else { return Ok(None) };
     let label = path.display().to_string();
     let config = parse_config(&text, &label)?;
@@ -191,7 +206,7 @@ fn find_in_docker_config(env: &Env, path: &Path, target: &Target) -> Result<Opti
     };
     if let Some((name, setting)) = helper.filter(|(name, _)| !name.is_empty()) {
         let origin = format!("{setting} in {label}");
-        if let Some(found) = run_helper(env, name, target.config_key(), Some(&origin))? {
+        if let Some(found) = run_helper(env, lookup, name, target.config_key(), Some(&origin))? {
             return Ok(Some(found));
         }
     }
@@ -392,7 +407,13 @@ struct HelperAnswer {
 
 /// Runs a credential helper found on the snapshot's `PATH`. `origin` ("credsStore in FILE") goes into the
 /// source and into the hint when the helper is missing.
-fn run_helper(env: &Env, name: &str, server: &str, origin: Option<&str>) -> Result<Option<Credential>> {
+fn run_helper(
+    env: &Env,
+    lookup: &Lookup,
+    name: &str,
+    server: &str,
+    origin: Option<&str>,
+) -> Result<Option<Credential>> {
     let program = format!("docker-credential-{name}");
     let source = match origin {
         Some(origin) => format!("credential helper {program} ({origin})"),
@@ -408,28 +429,20 @@ fn run_helper(env: &Env, name: &str, server: &str, origin: Option<&str>) -> Resu
              credentials in `auths`"
         )));
     };
-    let mut child = Command::new(&exe)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Auth(format!("cannot run {}: {e}", exe.display())))?;
-    // The URL fits in a pipe buffer, so writing before reading cannot deadlock. A helper that exits
-    // without reading makes this fail with EPIPE; its exit status tells the real story.
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(server.as_bytes());
-    }
-    let output = child.wait_with_output().map_err(|e| Error::Auth(format!("cannot run {}: {e}", exe.display())))?;
+    let timeout = lookup.helper_timeout.unwrap_or(HELPER_TIMEOUT).min(HELPER_TIMEOUT);
+    let bounds = crate::child::Bounds { deadline: Instant::now() + timeout, max_output: HELPER_MAX_OUTPUT };
+    let output = crate::child::run(Command::new(&exe).arg("get"), server.as_bytes(), &bounds, &lookup.cancel)
+        .map_err(|f| helper_failure(&source, server, f))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if stdout.trim() == HELPER_NOT_FOUND || stderr.trim() == HELPER_NOT_FOUND {
         return Ok(None);
     }
     if !output.status.success() {
-        // On failure helpers print a message, never credentials, so it is safe to show.
-        let message = [stdout.trim(), stderr.trim()].into_iter().find(|m| !m.is_empty());
-        let message = message.map(one_line).unwrap_or_else(|| output.status.to_string());
+        // stdout is where helpers put secrets, so it is never shown; stderr is the helper's own words.
+        let message = Some(stderr.trim()).filter(|m| !m.is_empty()).map(one_line);
+        let message =
+            message.unwrap_or_else(|| format!("{} (its stdout is not shown: it may hold secrets)", output.status));
         return Err(Error::Auth(format!("{source} failed for {server}: {message}")));
     }
     let answer: HelperAnswer = serde_json::from_str(&stdout)
@@ -445,6 +458,23 @@ fn run_helper(env: &Env, name: &str, server: &str, origin: Option<&str>) -> Resu
     Ok(Some(Credential { secret, source }))
 }
 
+/// The error for a helper that gave no usable answer.
+pub fn helper_failure(source: &str, server: &str, failure: crate::child::Failure) -> Error {
+    use crate::child::Failure;
+    match failure {
+        Failure::Cancelled => Error::Cancelled,
+        Failure::Spawn(e) => Error::Auth(format!("cannot run {source}: {e}")),
+        Failure::TimedOut(after) => Error::Auth(format!(
+            "{source} did not answer for {server} within {}s and was stopped; check the helper (or raise --timeout)",
+            after.as_secs_f64().round()
+        )),
+        Failure::TooLarge(max) => Error::Auth(format!(
+            "{source} printed more than {} MiB for {server} and was stopped; check the helper",
+            max / (1024 * 1024)
+        )),
+    }
+}
+
 /// A helper's possibly multi-line message as one bounded line.
 fn one_line(message: &str) -> String {
     const MAX: usize = 300;
@@ -457,12 +487,13 @@ fn one_line(message: &str) -> String {
 
 /// The environment variables the search reads, captured once. Not `Debug`: it holds `IDPB_PASSWORD`.
 #[derive(Default)]
-struct Env {
+pub struct Env {
     vars: HashMap<String, OsString>,
 }
 
 impl Env {
-    fn from_process() -> Env {
+    /// The process's environment, now.
+    pub fn from_process() -> Env {
         let mut vars: HashMap<String, OsString> =
             std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))).collect();
         if vars.get("HOME").is_none_or(|home| home.is_empty())
@@ -479,7 +510,7 @@ impl Env {
     }
 
     /// A set, non-empty variable that is valid UTF-8.
-    fn var(&self, name: &str) -> Option<&str> {
+    pub fn var(&self, name: &str) -> Option<&str> {
         self.var_os(name).and_then(|v| v.to_str())
     }
 
@@ -645,7 +676,7 @@ mod tests {
         let s = Scratch::new("flags");
         s.docker_config(&format!(r#"{{"auths":{{"r.io":{{"auth":"{}"}}}}}}"#, auth("cfg:cfg")));
         let env = s.env(&[("IDPB_USERNAME", "envuser"), ("IDPB_PASSWORD", "envpass")]);
-        let lookup = Lookup { username: Some("me".into()), password: Some("pw".into()), config_dir: None };
+        let lookup = Lookup { username: Some("me".into()), password: Some("pw".into()), ..Default::default() };
         let got = lookup.find_in(&env, "r.io").expect("ok").expect("found");
         assert_eq!(got, Credential { secret: basic("me", "pw"), source: FLAGS_SOURCE.into() });
     }
@@ -849,8 +880,16 @@ mod tests {
         s.docker_config(r#"{"credsStore":"locked"}"#);
         let message = find_err(&Lookup::default(), &env, "r.io");
         assert!(message.contains("docker-credential-locked"), "{message}");
-        assert!(message.contains("gpg: decryption failed: No secret key"), "{message}");
+        // stdout is where helpers put secrets: a failing helper is reported with its stderr only.
+        assert!(message.contains("second line"), "{message}");
+        assert!(!message.contains("gpg: decryption failed"), "{message}");
         assert!(message.contains("r.io"), "{message}");
+
+        s.helper("leaky", "cat >/dev/null\necho '{\"Username\":\"u\",\"Secret\":\"s3cr3t-on-stdout\"}'\nexit 1");
+        s.docker_config(r#"{"credsStore":"leaky"}"#);
+        let message = find_err(&Lookup::default(), &env, "r.io");
+        assert!(message.contains("docker-credential-leaky") && !message.contains("s3cr3t"), "{message}");
+        assert!(message.contains("its stdout is not shown"), "{message}");
 
         s.docker_config(r#"{"credsStore":"garbage"}"#);
         let message = find_err(&Lookup::default(), &env, "r.io");
@@ -868,7 +907,7 @@ mod tests {
         // Hosts without a helper are unaffected.
         assert_eq!(find(&s.env(&[]), "other.io"), None);
 
-        match run_helper(&s.env(&[]), "nosuch", "r.io", None) {
+        match run_helper(&s.env(&[]), &Lookup::default(), "nosuch", "r.io", None) {
             Err(Error::Auth(m)) => assert!(m.contains("docker-credential-nosuch not found on PATH"), "{m}"),
             other => panic!("expected an auth error, got {other:?}"),
         }
@@ -961,7 +1000,7 @@ mod tests {
         for secret in [Secret::IdentityToken { token: "tok1".into() }, Secret::RegistryToken { token: "tok1".into() }] {
             assert!(!format!("{secret:?} {secret}").contains("tok1"));
         }
-        let lookup = Lookup { username: Some("me".into()), password: Some("hunter2".into()), config_dir: None };
+        let lookup = Lookup { username: Some("me".into()), password: Some("hunter2".into()), ..Default::default() };
         let debug = format!("{lookup:?}");
         assert!(debug.contains("<redacted>") && !debug.contains("hunter2"), "{debug}");
     }

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Map, Value, json};
 
@@ -72,22 +72,25 @@ fn helper_for(config: &Map<String, Value>, key: &str) -> Option<String> {
 
 fn run_helper(name: &str, action: &str, input: &str) -> Result<()> {
     let program = format!("docker-credential-{name}");
-    let mut child = Command::new(&program)
-        .arg(action)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            Error::Auth(format!("cannot run {program} (named in config.json): {e}; install it or remove it"))
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(|e| Error::Auth(format!("{program} {action} failed: {e}")))?;
+    let source = format!("{program} {action} (named in config.json)");
+    let bounds = crate::child::Bounds {
+        deadline: std::time::Instant::now() + super::HELPER_TIMEOUT,
+        max_output: super::HELPER_MAX_OUTPUT,
+    };
+    let cancel = crate::signal::Cancel::process();
+    let out = crate::child::run(Command::new(&program).arg(action), input.as_bytes(), &bounds, &cancel).map_err(
+        |f| match f {
+            crate::child::Failure::Spawn(e) => {
+                Error::Auth(format!("cannot run {program} (named in config.json): {e}; install it or remove it"))
+            }
+            other => super::helper_failure(&source, "the registry", other),
+        },
+    )?;
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).trim().lines().next().unwrap_or("").to_string();
-        return Err(Error::Auth(format!("{program} {action} failed: {msg}")));
+        // Never the helper's stdout: it may echo what it was given.
+        let err = String::from_utf8_lossy(&out.stderr);
+        let msg = err.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message on stderr");
+        return Err(Error::Auth(format!("{program} {action} failed: {}", msg.chars().take(300).collect::<String>())));
     }
     Ok(())
 }

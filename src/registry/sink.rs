@@ -2,17 +2,18 @@
 //!
 //! Blobs are uploaded once per registry: the first repository receives the stream, and before a manifest is
 //! PUT into another repository of the same registry, each blob it names is checked there (HEAD) and, if
-//! missing, brought over by a cross-repository mount (`POST ?mount=&from=`). A registry that refuses the
-//! mount (Harbor across projects) gets a clear error naming the tag to push separately. Manifests are PUT
-//! per tag, only after every blob they name was confirmed, and the registry's `Docker-Content-Digest` is
-//! checked against ours.
+//! missing, brought over by a cross-repository mount (`POST ?mount=&from=`, whose token asks `pull` on the
+//! source). A registry that refuses the mount (Harbor across projects, a token without `pull` on the
+//! source) gets the blob copied instead: streamed from the first repository into an upload in the other,
+//! verified on the way, memory bounded by the chunk size. Manifests are PUT per tag, only after every blob
+//! they name was confirmed, and the registry's `Docker-Content-Digest` is checked against ours.
 
 use std::cell::Cell;
 
 use super::upload::Upload;
-use super::{MANIFEST_ACCEPT, Registry, Request};
-use crate::digest::Digest;
-use crate::error::{Error, Result};
+use super::{Access, MANIFEST_ACCEPT, MANIFEST_LIMIT, Registry, Request};
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{Error, Restart, Result};
 use crate::reference::Reference;
 use crate::sink::{BlobWriter, ManifestBlob, Sink};
 
@@ -72,7 +73,7 @@ impl std::io::Write for SinkUpload<'_> {
         if let Err(e) = &result
             && e.get_ref()
                 .and_then(|inner| inner.downcast_ref::<Error>())
-                .is_some_and(|e| matches!(e, Error::ChunkedRefused(_)))
+                .is_some_and(|e| matches!(e, Error::Restart(Restart::ChunkedRefused(_))))
         {
             *self.chunked_refused = true;
         }
@@ -87,7 +88,7 @@ impl BlobWriter for SinkUpload<'_> {
     fn commit(self: Box<Self>, digest: &Digest, size: u64) -> Result<()> {
         let SinkUpload { upload, report, present, chunked_refused } = *self;
         if let Err(e) = Box::new(upload).commit(digest, size) {
-            *chunked_refused |= matches!(e, Error::ChunkedRefused(_));
+            *chunked_refused |= matches!(e, Error::Restart(Restart::ChunkedRefused(_)));
             return Err(e);
         }
         report.blobs_uploaded.push(digest.to_string());
@@ -118,7 +119,10 @@ impl Sink for RegistrySink {
 
     fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
         if self.chunked_refused {
-            return Err(Error::ChunkedRefused(format!("{} refuses chunked uploads", self.registry.host())));
+            return Err(Error::Restart(Restart::ChunkedRefused(format!(
+                "{} refuses chunked uploads",
+                self.registry.host()
+            ))));
         }
         let first = self.repos[0].clone();
         // Split borrows: the upload needs the registry and chunk size, the commit needs report and set.
@@ -132,7 +136,7 @@ impl Sink for RegistrySink {
     fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &crate::sink::Produce<'_>) -> Result<()> {
         if !self.chunked_refused {
             match crate::sink::write_blob(self.blob_writer()?, digest, size, produce) {
-                Err(Error::ChunkedRefused(_)) => {}
+                Err(Error::Restart(Restart::ChunkedRefused(_))) => {}
                 other => return other,
             }
         }
@@ -149,21 +153,22 @@ impl Sink for RegistrySink {
         // Blobs streamed into the first repository must be in this one too.
         if repo != self.repos[0] {
             let parsed: crate::image::Manifest = serde_json::from_slice(&manifest.bytes)
-                .map_err(|e| Error::Registry(format!("cannot read back manifest: {e}")))?;
-            let mut digests = vec![parsed.config.digest.clone()];
-            digests.extend(parsed.layers.iter().map(|l| l.digest.clone()));
-            for d in digests {
+                .map_err(|e| Error::protocol(format!("cannot read back manifest: {e}")))?;
+            let mut blobs = vec![(parsed.config.digest.clone(), parsed.config.size)];
+            blobs.extend(parsed.layers.iter().map(|l| (l.digest.clone(), l.size)));
+            let from = self.repos[0].clone();
+            for (d, size) in blobs {
                 if self.registry.blob_exists(&repo, &d)? {
                     continue;
                 }
-                if !self.registry.mount(&repo, &self.repos[0], &d)? {
-                    return Err(Error::Registry(format!(
-                        "{} refused to mount {d} from {} into {repo}; push that tag separately",
-                        self.registry.host(),
-                        self.repos[0]
-                    )));
+                if self.registry.mount(&repo, &from, &d)? {
+                    self.report.blobs_mounted.push(format!("{repo}@{d}"));
+                    continue;
                 }
-                self.report.blobs_mounted.push(format!("{repo}@{d}"));
+                // Refused: copy it over, streamed from the repository that has it.
+                self.registry.copy_blob(&from, &repo, &d, size, &self.chunk)?;
+                self.report.blobs_uploaded.push(d.to_string());
+                self.report.bytes_uploaded += size;
             }
         }
         let result = self.registry.put_manifest(&repo, reference.tag_or_latest(), manifest);
@@ -176,9 +181,10 @@ impl Sink for RegistrySink {
 }
 
 impl Registry {
-    /// HEAD a blob: whether `repo` has it.
+    /// HEAD a blob: whether `repo` has it (asked with push access: the sink writes there anyway, and one
+    /// token then serves every request).
     pub fn blob_exists(&mut self, repo: &str, digest: &Digest) -> Result<bool> {
-        let req = Request::new("HEAD", format!("/v2/{repo}/blobs/{digest}"), "check blob").repository(repo);
+        let req = Request::new("HEAD", format!("/v2/{repo}/blobs/{digest}"), "check blob").push(repo);
         let resp = self.send(&req)?;
         match resp.status {
             200..=299 => Ok(true),
@@ -187,29 +193,78 @@ impl Registry {
         }
     }
 
-    /// Cross-repository mount; false when the registry answers with an upload session instead (refused).
+    /// Cross-repository mount; false when the registry refuses it (an upload session instead, or a 401/403
+    /// even with `pull` on the source asked for).
     pub fn mount(&mut self, repo: &str, from: &str, digest: &Digest) -> Result<bool> {
         let url = format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}");
-        let req = Request::new("POST", url, "mount blob").repository(repo).header("Content-Length", "0");
-        let resp = self.send(&req)?;
+        let req = Request::new("POST", url, "mount blob")
+            .access(Access::Mount { repo: repo.to_string(), from: from.to_string() })
+            .header("Content-Length", "0");
+        let resp = match self.send(&req) {
+            Ok(resp) => resp,
+            Err(Error::Auth(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         match resp.status {
             201 => Ok(true),
             202 => {
                 // An upload session was opened instead; close it.
                 if let Some(loc) = resp.header("location") {
-                    let loc = self.resolve(loc);
-                    let _ = self.send(&Request::new("DELETE", loc, "cancel blob upload").repository(repo));
+                    let _ = self.delete_session(loc.trim(), repo);
                 }
                 Ok(false)
             }
+            401 | 403 => Ok(false),
             _ => Err(self.status_error(&req, &resp)),
+        }
+    }
+
+    /// Copies a blob between two repositories of this registry: GET streamed into a chunked upload,
+    /// its digest and size checked on the way (a mismatch aborts the upload session).
+    pub fn copy_blob(&mut self, from: &str, to: &str, digest: &Digest, size: u64, chunk: &Cell<usize>) -> Result<()> {
+        let mut source = self.open_blob(from, digest)?;
+        let mut upload = Upload::start(self, to, chunk)?;
+        let copied = {
+            let mut hashing = HashingWriter::new(&mut upload);
+            std::io::copy(&mut source, &mut hashing).map(|_| {
+                let (_, got, n) = hashing.finish();
+                (got, n)
+            })
+        };
+        let host = upload_host(&upload);
+        match copied {
+            Ok((got, n)) if got == *digest && n == size => Box::new(upload).commit(digest, size),
+            Ok((got, n)) => {
+                let _ = Box::new(upload).abort();
+                Err(Error::protocol(format!(
+                    "{host} sent {n} bytes for {from}@{digest} that hash to {got} (expected {size} bytes); nothing \
+                     was stored"
+                )))
+            }
+            Err(e) => {
+                let _ = Box::new(upload).abort();
+                Err(crate::layer::sink_error(e))
+            }
+        }
+    }
+
+    /// A blob's bytes as a stream (GET, redirects to storage hosts followed without Authorization).
+    pub fn open_blob(&mut self, repo: &str, digest: &Digest) -> Result<super::conduit::Reader> {
+        let req = Request::new("GET", format!("/v2/{repo}/blobs/{digest}"), "read blob").pull(repo).streamed();
+        let resp = self.send(&req)?;
+        match (resp.status, resp.stream) {
+            (200, Some(stream)) => Ok(stream),
+            (status, _) => {
+                let resp = super::Response { status, stream: None, ..resp };
+                Err(self.status_error(&req, &resp))
+            }
         }
     }
 
     /// PUT a manifest under `tag`; checks the registry's digest against ours.
     pub fn put_manifest(&mut self, repo: &str, tag: &str, manifest: &ManifestBlob) -> Result<Digest> {
         let req = Request::new("PUT", format!("/v2/{repo}/manifests/{tag}"), "push manifest")
-            .repository(repo)
+            .push(repo)
             .header("Content-Type", manifest.media_type.clone())
             .body(&manifest.bytes);
         let resp = self.send(&req)?;
@@ -219,7 +274,7 @@ impl Registry {
         if let Some(got) = resp.header("docker-content-digest")
             && got.trim() != manifest.digest.as_str()
         {
-            return Err(Error::Registry(format!(
+            return Err(Error::protocol(format!(
                 "{} stored the manifest as {} but its digest is {}; the registry rewrote it",
                 self.host(),
                 got.trim(),
@@ -229,16 +284,29 @@ impl Registry {
         Ok(manifest.digest.clone())
     }
 
-    /// GET a manifest (any media type); returns bytes and content type.
+    /// GET a manifest (any media type, at most [`MANIFEST_LIMIT`]); returns bytes and content type.
     pub fn get_manifest(&mut self, repo: &str, reference: &str) -> Result<(Vec<u8>, String)> {
         let req = Request::new("GET", format!("/v2/{repo}/manifests/{reference}"), "read manifest")
-            .repository(repo)
-            .header("Accept", MANIFEST_ACCEPT);
+            .pull(repo)
+            .header("Accept", MANIFEST_ACCEPT)
+            .limit(MANIFEST_LIMIT);
         let resp = self.send(&req)?;
         if resp.status != 200 {
             return Err(self.status_error(&req, &resp));
         }
+        if resp.truncated {
+            return Err(Error::protocol(format!(
+                "{}/{repo}:{reference}: the manifest is larger than {} MiB, the most registries and runtimes \
+                 accept; refusing it",
+                self.host(),
+                MANIFEST_LIMIT / (1024 * 1024)
+            )));
+        }
         let media = resp.header("content-type").unwrap_or_default().to_string();
         Ok((resp.body, media))
     }
+}
+
+fn upload_host(u: &Upload<'_>) -> String {
+    u.host().to_string()
 }

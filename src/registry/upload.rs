@@ -1,27 +1,38 @@
-//! Chunked, resumable blob upload: the registry's [`BlobWriter`].
+//! Chunked, resumable blob upload: the registry's [`BlobWriter`], and the single-PUT fallback.
 //!
 //! A layer's digest is known only when its stream ends, so the upload is the spec's chunked flow: POST to
 //! open a session, PATCH each chunk with `Content-Range: START-END` (no `bytes=`, which Gitea refuses) and
 //! `Content-Type`, follow the newest `Location` every time (the reference registry encodes the offset in
 //! it), and PUT `?digest=` at the end. The chunk in flight stays in memory until the registry acknowledges
-//! it; after a failure the session is asked where it stands (GET -> `Range`) and the upload resumes from the
-//! first byte the registry lacks, without re-reading the context. A 413 from a proxy or a 416 from a
-//! registry with a chunk cap halves the chunk size (to a 64 KiB floor) for the rest of the run. When the
-//! session itself is gone (404, as the reference registry answers after a lost acknowledgement), the error
-//! is [`Error::UploadLost`] and the pipeline re-streams the blob from its first byte: the layer is
-//! deterministic, so the second stream has the same digest. Memory is bounded by the chunk size.
+//! it; after a transient failure (the retry policy decides, see [`super::retry`]) the session is asked
+//! where it stands (GET -> `Range`) and the upload resumes from the first byte the registry lacks, without
+//! re-reading the context. A 413 from a proxy or a 416 from a registry with a chunk cap halves the chunk
+//! size (to a 64 KiB floor, and never below the registry's `OCI-Chunk-Min-Length`: when the two cannot
+//! be reconciled the upload fails at once rather than sending the same size again). When the session itself
+//! is gone (404, as the reference registry answers after a lost acknowledgement) or PATCH is refused, the
+//! writer returns a [`Restart`] signal and the pipeline re-streams the blob: the layer is deterministic, so
+//! the second stream has the same digest. Memory is bounded by the chunk size.
+//!
+//! Registries that refuse PATCH get [`put_monolithic`]: one PUT whose body is produced again into a
+//! bounded conduit while it is sent, through the same exchange layer (deadline, Ctrl-C) as every request.
+//! Both paths accept the same closing statuses and check the registry's `Docker-Content-Digest`.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
+use super::conduit;
+use super::retry::{Retrier, SystemClock};
 use super::{Registry, Request, Response};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Restart, Result, transient_status};
 use crate::sink::BlobWriter;
 
 /// Smallest chunk the 413/416 back-off goes down to.
 pub const MIN_CHUNK: usize = 64 * 1024;
 /// The largest `OCI-Chunk-Min-Length` honoured (memory is bounded by the chunk size).
 const MAX_MIN_CHUNK: usize = 64 * 1024 * 1024;
+/// Bytes in flight between the producer of a single PUT and the request sending it.
+const STREAM_BUFFER: usize = 1024 * 1024;
 
 /// An open upload session.
 pub struct Upload<'r> {
@@ -38,17 +49,58 @@ pub struct Upload<'r> {
     finished: bool,
 }
 
+/// Opens an upload session in `repo`; returns its Location and the POST's answer.
+fn open_session(reg: &mut Registry, repo: &str) -> Result<(String, Response)> {
+    let req = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
+        .push(repo)
+        .header("Content-Length", "0");
+    let resp = reg.send(&req)?;
+    if resp.status != 202 {
+        return Err(reg.status_error(&req, &resp));
+    }
+    let location = match resp.header("location").map(str::trim).filter(|l| !l.is_empty()) {
+        Some(l) => reg.resolve(l)?.to_string(),
+        None => {
+            return Err(Error::protocol(format!("{} opened an upload session without a Location header", reg.host())));
+        }
+    };
+    Ok((location, resp))
+}
+
+/// The newest Location of an upload answer (a registry that sends none keeps the old one); an unusable
+/// one is a protocol error, never retried.
+fn next_location(reg: &Registry, current: &str, resp: &Response) -> Result<String> {
+    match resp.header("location").map(str::trim).filter(|l| !l.is_empty()) {
+        Some(l) => Ok(reg.resolve(l)?.to_string()),
+        None => Ok(current.to_string()),
+    }
+}
+
+/// Whether a closing PUT's answer means the blob is stored, and under our digest.
+fn check_closed(reg: &Registry, req: &Request<'_>, resp: &Response, digest: &Digest) -> Result<()> {
+    if !matches!(resp.status, 200 | 201 | 204) {
+        return Err(reg.status_error(req, resp));
+    }
+    if let Some(got) = resp.header("docker-content-digest")
+        && got.trim() != digest.as_str()
+    {
+        return Err(Error::protocol(format!(
+            "{} stored the blob as {} but docker-idpb computed {digest}; the upload was corrupted on the way",
+            reg.host(),
+            got.trim()
+        )));
+    }
+    Ok(())
+}
+
+fn lost(resp: &Response) -> Error {
+    Error::Restart(Restart::UploadLost(format!("the registry dropped the upload session ({})", resp.error_detail())))
+}
+
 impl<'r> Upload<'r> {
     /// Opens an upload session in `repo`.
     pub fn start(reg: &'r mut Registry, repo: &str, chunk: &'r std::cell::Cell<usize>) -> Result<Upload<'r>> {
-        let req = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
-            .repository(repo)
-            .header("Content-Length", "0");
-        let resp = reg.send(&req)?;
-        if resp.status != 202 {
-            return Err(reg.status_error(&req, &resp));
-        }
-        let location = location(reg, &req, &resp)?;
+        let (location, resp) = open_session(reg, repo)?;
         // Honoured up to a cap: a registry must not be able to make us buffer without bound.
         let min_chunk = resp
             .header("oci-chunk-min-length")
@@ -67,6 +119,11 @@ impl<'r> Upload<'r> {
         })
     }
 
+    /// The registry this upload goes to.
+    pub fn host(&self) -> &str {
+        self.reg.host()
+    }
+
     fn chunk_size(&self) -> usize {
         self.chunk.get().max(self.min_chunk).max(1)
     }
@@ -74,71 +131,79 @@ impl<'r> Upload<'r> {
     /// Sends everything buffered, in chunks of the current size, resuming after failures. The buffer is
     /// shared with the request threads rather than copied, and reused afterwards when they are done.
     fn drain(&mut self) -> Result<()> {
-        let data = std::sync::Arc::new(std::mem::take(&mut self.buf));
+        let data = Arc::new(std::mem::take(&mut self.buf));
         let mut start = 0;
-        let mut failures = 0u32;
-        let started = std::time::Instant::now();
+        let policy = self.reg.retry_policy().clone();
+        let mut retrier = Retrier::start(&policy, &SystemClock, None);
         while start < data.len() {
             let n = (data.len() - start).min(self.chunk_size());
             let end = self.acked + n as u64 - 1;
             let req = Request::new("PATCH", self.location.clone(), "upload blob chunk")
-                .repository(&self.repo)
+                .push(&self.repo)
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", format!("{}-{end}", self.acked))
-                .shared_body(std::sync::Arc::clone(&data), start..start + n)
-                .no_retry();
-            let outcome = self.reg.send(&req);
-            let give_up =
-                |failures: u32, reg: &Registry| failures >= reg.retry.attempts || started.elapsed() >= reg.retry.budget;
+                .shared_body(Arc::clone(&data), start..start + n)
+                .once();
             let pending = data.len() - start;
-            match outcome {
+            match self.reg.send(&req) {
                 Ok(resp) if matches!(resp.status, 202 | 201 | 204) => {
-                    self.location = location(self.reg, &req, &resp).unwrap_or_else(|_| self.location.clone());
+                    self.location = next_location(self.reg, &self.location, &resp)?;
                     self.acked += n as u64;
                     start += n;
-                    failures = 0;
+                    retrier = Retrier::start(&policy, &SystemClock, None);
                 }
-                Ok(resp) if (resp.status == 413 || resp.status == 416) && self.chunk.get() > MIN_CHUNK => {
-                    // A proxy's body limit (413) or a registry's chunk cap (416): smaller chunks from now on.
-                    // A 416 can also mean we are out of step; the resync below settles which.
-                    self.chunk.set((self.chunk.get() / 2).max(MIN_CHUNK));
+                Ok(resp) if resp.status == 413 || resp.status == 416 => {
+                    // A proxy's body limit (413) or a registry's chunk cap (416): smaller chunks from now on,
+                    // if the registry's minimum allows a smaller one at all.
+                    let current = self.chunk_size();
+                    let smaller = (self.chunk.get() / 2).max(MIN_CHUNK);
+                    if smaller.max(self.min_chunk) >= current {
+                        let why = if self.min_chunk >= current {
+                            format!(" and requires chunks of at least {} bytes (OCI-Chunk-Min-Length)", self.min_chunk)
+                        } else {
+                            format!(" and {MIN_CHUNK} bytes is the smallest chunk docker-idpb sends")
+                        };
+                        let err = self.reg.status_error(&req, &resp);
+                        return Err(Error::protocol(format!("{err}: a {current}-byte chunk was refused{why}")));
+                    }
+                    self.chunk.set(smaller);
+                    // A 416 can also mean we are out of step; the resync settles which.
                     if resp.status == 416 {
                         start += self.resync(pending)?;
                     }
                 }
                 Ok(resp) if matches!(resp.status, 405 | 501) => {
                     // Registries without chunked upload (some proxies, Google Artifact Registry's legacy path).
-                    return Err(Error::ChunkedRefused(format!(
+                    return Err(Error::Restart(Restart::ChunkedRefused(format!(
                         "{} refused a chunked upload (PATCH answered {})",
                         self.reg.host(),
                         resp.status
-                    )));
+                    ))));
                 }
-                Ok(resp) if resp.status == 404 => {
-                    return Err(Error::UploadLost(format!(
-                        "the registry dropped the upload session ({})",
-                        resp.error_detail()
-                    )));
-                }
-                Ok(resp) if super::retryable_status(resp.status) && !give_up(failures + 1, self.reg) => {
-                    failures += 1;
-                    self.reg.sleep(super::retry_delay(&resp, &self.reg.retry, failures))?;
+                Ok(resp) if resp.status == 404 => return Err(lost(&resp)),
+                Ok(resp) if transient_status(resp.status) => {
+                    let reason = format!("{} answered {} to upload blob chunk", self.reg.host(), resp.status);
+                    let after = super::retry_after(&resp.headers);
+                    let reg: &Registry = self.reg;
+                    if !retrier.again(&reason, after, reg.cancel(), &mut |l| reg.announce(l))? {
+                        let attempts = retrier.attempt();
+                        return Err(self.reg.status_error(&req, &Response { attempts, ..resp }));
+                    }
                     start += self.resync(pending)?;
                 }
-                Err(Error::Registry(_)) if !give_up(failures + 1, self.reg) => {
-                    failures += 1;
-                    self.reg.sleep(self.reg.retry.delay(failures))?;
+                Err(e) if e.is_transient() => {
+                    let reg: &Registry = self.reg;
+                    if !retrier.again(&e.to_string(), None, reg.cancel(), &mut |l| reg.announce(l))? {
+                        return Err(e.with_attempts(retrier.attempt()));
+                    }
                     start += self.resync(pending)?;
                 }
-                Ok(resp) => {
-                    let err = self.reg.status_error(&req, &resp);
-                    return Err(with_attempts(err, failures + 1));
-                }
-                Err(e) => return Err(with_attempts(e, failures + 1)),
+                Ok(resp) => return Err(self.reg.status_error(&req, &resp)),
+                Err(e) => return Err(e),
             }
         }
         // Reuse the buffer unless an abandoned request thread still holds it.
-        self.buf = std::sync::Arc::try_unwrap(data).unwrap_or_else(|_| Vec::with_capacity(self.chunk_size()));
+        self.buf = Arc::try_unwrap(data).unwrap_or_else(|_| Vec::with_capacity(self.chunk_size()));
         self.buf.clear();
         Ok(())
     }
@@ -146,20 +211,15 @@ impl<'r> Upload<'r> {
     /// Asks the session how many bytes it has; returns how many of the `pending` unacknowledged bytes it
     /// already stored (to be skipped).
     fn resync(&mut self, pending: usize) -> Result<usize> {
-        let req = Request::new("GET", self.location.clone(), "check upload status").repository(&self.repo);
+        let req = Request::new("GET", self.location.clone(), "check upload status").push(&self.repo);
         let resp = self.reg.send(&req)?;
         if resp.status == 404 {
-            return Err(Error::UploadLost(format!(
-                "the registry dropped the upload session ({})",
-                resp.error_detail()
-            )));
+            return Err(lost(&resp));
         }
         if !(200..300).contains(&resp.status) {
             return Err(self.reg.status_error(&req, &resp));
         }
-        if let Ok(loc) = location(self.reg, &req, &resp) {
-            self.location = loc;
-        }
+        self.location = next_location(self.reg, &self.location, &resp)?;
         // Range: 0-N means bytes 0..=N are stored; "0-0" is ambiguous (nothing or one byte): registries send
         // it for an empty session.
         let have = match resp.header("range").and_then(parse_range_end) {
@@ -168,11 +228,11 @@ impl<'r> Upload<'r> {
         };
         if have < self.acked || have > self.acked + pending as u64 {
             // The session has less than we know was acknowledged, or more than we sent: start over.
-            return Err(Error::UploadLost(format!(
+            return Err(Error::Restart(Restart::UploadLost(format!(
                 "the upload session is at byte {have}, expected {}..{}",
                 self.acked,
                 self.acked + pending as u64
-            )));
+            ))));
         }
         let skip = (have - self.acked) as usize;
         self.acked = have;
@@ -183,12 +243,11 @@ impl<'r> Upload<'r> {
     fn finish(&mut self, digest: &Digest, size: u64) -> Result<()> {
         self.drain()?;
         if self.acked != size {
-            return Err(Error::Registry(format!("upload of {digest} sent {} bytes, expected {size}", self.acked)));
+            return Err(Error::protocol(format!("upload of {digest} sent {} bytes, expected {size}", self.acked)));
         }
-        let sep = if self.location.contains('?') { '&' } else { '?' };
-        let url = format!("{}{sep}digest={}", self.location, digest);
-        let req = Request::new("PUT", url, "finish blob upload")
-            .repository(&self.repo)
+        let url = self.reg.resolve(&self.location)?.with_query("digest", digest.as_str());
+        let req = Request::new("PUT", url.to_string(), "finish blob upload")
+            .push(&self.repo)
             .header("Content-Length", "0")
             .header("Content-Type", "application/octet-stream");
         let resp = self.reg.send(&req)?;
@@ -198,23 +257,9 @@ impl<'r> Upload<'r> {
             return Ok(());
         }
         if resp.status == 404 {
-            return Err(Error::UploadLost(format!(
-                "the registry dropped the upload session ({})",
-                resp.error_detail()
-            )));
+            return Err(lost(&resp));
         }
-        if resp.status != 201 && resp.status != 204 && resp.status != 200 {
-            return Err(self.reg.status_error(&req, &resp));
-        }
-        if let Some(got) = resp.header("docker-content-digest")
-            && got.trim() != digest.as_str()
-        {
-            return Err(Error::Registry(format!(
-                "{} stored the blob as {} but docker-idpb computed {digest}; the upload was corrupted on the way",
-                self.reg.host(),
-                got.trim()
-            )));
-        }
+        check_closed(self.reg, &req, &resp, digest)?;
         self.finished = true;
         Ok(())
     }
@@ -225,14 +270,15 @@ impl<'r> Upload<'r> {
         }
         self.finished = true;
         // Even when cancelled: the session should not linger. One attempt, errors ignored.
-        let req = Request::new("DELETE", self.location.clone(), "cancel blob upload").repository(&self.repo);
-        let _ = self.reg.delete_session(&req);
+        let _ = self.reg.delete_session(&self.location.clone(), &self.repo.clone());
     }
 }
 
-/// Sends a blob of known digest as one PUT (for registries that refuse PATCH). The bytes are produced a
-/// second time into a pipe by a scoped thread rather than buffered: memory stays bounded whatever the blob
-/// size, at the cost of compressing the layer twice, which only these registries pay.
+/// Sends a blob of known digest as one PUT (for registries that refuse PATCH). The bytes are produced
+/// again into a bounded conduit by a scoped thread while the request sends them, so memory stays bounded
+/// whatever the blob size. Transient failures of the exchange are retried by the policy, producing the
+/// bytes again; the producer's own failure (a file unreadable mid-stream) is reported as itself, never
+/// retried.
 pub fn put_monolithic(
     reg: &mut Registry,
     repo: &str,
@@ -240,91 +286,60 @@ pub fn put_monolithic(
     size: u64,
     produce: &crate::sink::Produce<'_>,
 ) -> Result<()> {
-    let mut failures = 0;
+    let policy = reg.retry_policy().clone();
+    let mut retrier = Retrier::start(&policy, &SystemClock, None);
     loop {
-        let post = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
-            .repository(repo)
-            .header("Content-Length", "0");
-        let resp = reg.send(&post)?;
-        if resp.status != 202 {
-            return Err(reg.status_error(&post, &resp));
-        }
-        let loc = location(reg, &post, &resp)?;
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let url = format!("{loc}{sep}digest={digest}");
-        let (mut reader, mut writer) =
-            std::io::pipe().map_err(|e| Error::Registry(format!("cannot create pipe: {e}")))?;
+        let (location, _) = open_session(reg, repo)?;
+        let url = reg.resolve(&location)?.with_query("digest", digest.as_str());
+        let req = Request::new("PUT", url.to_string(), "upload blob in one request")
+            .push(repo)
+            .header("Content-Type", "application/octet-stream");
+        let (writer, reader) = conduit::conduit(STREAM_BUFFER);
+        let closer = writer.closer();
+        let watch = writer.closer();
         let (sent, produced) = std::thread::scope(|scope| {
             let producer = scope.spawn(move || {
-                let r = produce(&mut writer);
-                drop(writer);
+                let mut w = writer;
+                let r = produce(&mut w);
+                if let Err(e) = &r {
+                    // The request must not end as if the blob were complete.
+                    w.fail(e.to_string());
+                }
                 r
             });
-            let sent = reg.put_stream(&url, repo, size, &mut reader);
-            drop(reader);
-            let produced = producer.join().unwrap_or_else(|_| Err(Error::Registry("blob producer failed".into())));
+            let sent = reg.send_streamed(&req, reader, closer, size);
+            let produced = producer.join().unwrap_or_else(|_| Err(Error::Layout("the blob producer stopped".into())));
             (sent, produced)
         });
-        let retryable = match &sent {
-            Ok(r) if r.status == 201 || r.status == 204 => {
-                produced?;
-                return Ok(());
+        // Whose failure is it? The producer's own, unless it only saw the request go away.
+        let consumer_left = watch.is_closed();
+        match (&sent, &produced) {
+            (_, Err(Error::Cancelled)) | (Err(Error::Cancelled), _) => {
+                let _ = reg.delete_session(&location, repo);
+                return Err(Error::Cancelled);
             }
-            Ok(r) => super::retryable_status(r.status),
-            Err(Error::Registry(_)) => true,
-            Err(_) => false,
-        };
-        if let Err(Error::Cancelled) = produced {
-            return Err(Error::Cancelled);
+            (_, Err(_)) if !consumer_left || sent.as_ref().is_ok_and(Response::ok) => {
+                let _ = reg.delete_session(&location, repo);
+                return produced;
+            }
+            (Ok(resp), Ok(())) if resp.ok() => return check_closed(reg, &req, resp, digest),
+            _ => {}
         }
-        let _ = reg.delete_session(&Request::new("DELETE", loc.clone(), "cancel blob upload").repository(repo));
-        failures += 1;
-        if !retryable || failures >= reg.retry.attempts {
-            let req = Request::new("PUT", url, "upload blob in one request").repository(repo);
-            return Err(with_attempts(
-                match sent {
-                    Ok(r) => reg.status_error(&req, &r),
-                    Err(e) => e,
-                },
-                failures,
-            ));
-        }
-        let delay = match &sent {
-            Ok(r) => super::retry_delay(r, &reg.retry, failures),
-            Err(_) => reg.retry.delay(failures),
+        let _ = reg.delete_session(&location, repo);
+        let (error, after) = match sent {
+            Ok(resp) => {
+                let after = super::retry_after(&resp.headers);
+                (reg.status_error(&req, &resp), after)
+            }
+            Err(e) => (e, None),
         };
-        reg.sleep(delay)?;
-    }
-}
-
-impl Registry {
-    /// One DELETE of an upload session, even when cancelled, waiting at most 2 s; errors ignored by callers.
-    fn delete_session(&mut self, req: &Request<'_>) -> Result<Response> {
-        let url = self.resolve(&req.url);
-        let auth = if self.is_registry_url(&url) {
-            self.authorization(req.repository.as_deref(), false).ok().flatten()
-        } else {
-            None
-        };
-        self.raw_with(req, auth.as_deref(), false, std::time::Duration::from_secs(2))
-    }
-}
-
-fn with_attempts(e: Error, attempts: u32) -> Error {
-    match e {
-        Error::Registry(m) if attempts > 1 => Error::Registry(format!("{m} (gave up after {attempts} attempts)")),
-        other => other,
-    }
-}
-
-/// The Location of an upload response, resolved; a registry that sends none keeps the old one.
-fn location(reg: &Registry, req: &Request<'_>, resp: &Response) -> Result<String> {
-    match resp.header("location") {
-        Some(l) if !l.trim().is_empty() => Ok(reg.resolve(l.trim())),
-        _ if req.method == "POST" => {
-            Err(Error::Registry(format!("{} opened an upload session without a Location header", reg.host())))
+        if !error.is_transient() {
+            return Err(error.with_attempts(retrier.attempt()));
         }
-        _ => Ok(reg.resolve(&req.url)),
+        let r: &Registry = reg;
+        if !retrier.again(&error.to_string(), after, r.cancel(), &mut |l| r.announce(l))? {
+            return Err(error.with_attempts(retrier.attempt()));
+        }
     }
 }
 
