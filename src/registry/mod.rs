@@ -762,6 +762,8 @@ fn client_error(host: &str, what: &str, e: ureq::Error) -> Error {
             };
             let why = one_line(&io.to_string());
             let why = why.split(" (os error").next().unwrap_or(&why).to_string();
+            // std reports getaddrinfo's failures as an uncategorised error with this text.
+            let kind = if why.contains("failed to lookup address") { TransportKind::Dns } else { kind };
             if kind == TransportKind::Dns {
                 return transport(kind, format!("cannot resolve {host} (check the registry name and your DNS)"));
             }
