@@ -12,7 +12,11 @@ use super::{CatalogArgs, InspectArgs, RegistryFlags, TagsArgs};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::idpbuilder::normalize_host;
-use crate::image::{ImageConfig, Index, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_INDEX, Manifest};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_INDEX, Platform, RuntimeConfig};
 use crate::progress::Progress;
 use crate::reference::Reference;
 use crate::registry::Registry;
@@ -109,12 +113,12 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     {
         return Err(Error::protocol(format!("{reference}: the registry sent a manifest whose digest is {digest}")));
     }
-    let raw: Value = serde_json::from_slice(&bytes)
+    let probe: Probe = serde_json::from_slice(&bytes)
         .map_err(|e| Error::protocol(format!("{reference} has a manifest that is not JSON: {e}")))?;
-    let media_type = raw.get("mediaType").and_then(Value::as_str).map(str::to_string).unwrap_or(media_type);
+    let media_type = probe.media_type.unwrap_or(media_type);
     let out = if media_type == MEDIA_TYPE_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST {
-        let index: Index = serde_json::from_value(raw.clone())
-            .map_err(|e| Error::protocol(format!("{reference}: invalid index: {e}")))?;
+        let index: ShownIndex =
+            serde_json::from_slice(&bytes).map_err(|e| Error::protocol(format!("{reference}: invalid index: {e}")))?;
         let mut platforms = Vec::new();
         for m in &index.manifests {
             let (mbytes, _) = reg.get_manifest(&repo, m.digest.as_str())?;
@@ -141,12 +145,62 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+// What inspect shows, decoded into lean typed structs: unknown fields are skipped without being kept, so a
+// hostile manifest full of them costs no memory beyond its (capped) bytes.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    #[serde(default)]
+    media_type: Option<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ShownDescriptor {
+    media_type: String,
+    digest: Digest,
+    size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct ShownIndex {
+    manifests: Vec<ShownDescriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ShownManifest {
+    #[serde(default)]
+    media_type: String,
+    config: ShownDescriptor,
+    layers: Vec<ShownDescriptor>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct ShownConfig {
+    #[serde(default)]
+    created: Option<String>,
+    architecture: String,
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+    #[serde(default)]
+    config: RuntimeConfig,
+}
+
 /// Manifest + config of one image as JSON.
 fn describe_image(reg: &mut Registry, repo: &str, manifest_bytes: &[u8], platform: Option<String>) -> Result<Value> {
-    let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+    let manifest: ShownManifest = serde_json::from_slice(manifest_bytes)
         .map_err(|e| Error::protocol(format!("invalid image manifest in {repo}: {e}")))?;
     let config_bytes = reg.get_blob(repo, &manifest.config.digest)?;
-    let config: ImageConfig = serde_json::from_slice(&config_bytes)
+    let config: ShownConfig = serde_json::from_slice(&config_bytes)
         .map_err(|e| Error::protocol(format!("invalid image config in {repo}: {e}")))?;
     let size = manifest.layers.iter().fold(manifest.config.size, |acc, l| acc.saturating_add(l.size));
     Ok(json!({

@@ -1,9 +1,9 @@
 //! `docker-idpb push`: a directory (or an image built earlier) into one or more registries.
 //!
-//! Names are validated and credentials looked up before anything is read. Targets are grouped by registry
-//! host: each host is one [`RegistrySink`] (several repositories on it share uploads through mounts), and
-//! several hosts are fed from one stream through a [`Fanout`], so the context is read and compressed once
-//! whatever the number of tags.
+//! Reads as validate -> source -> pipeline -> print: names are validated and credentials looked up before
+//! anything is read; the library connects one sink per registry host (several repositories on it share
+//! uploads through mounts) and feeds several hosts from one stream, so the context is read and compressed
+//! once whatever the number of tags.
 
 use serde_json::json;
 
@@ -14,8 +14,8 @@ use crate::layout::Layout;
 use crate::pipeline::{self, Plan};
 use crate::progress::Progress;
 use crate::reference::{Reference, sanitize_repository_component};
-use crate::registry::sink::{DEFAULT_CHUNK, PushReport, RegistrySink};
-use crate::sink::{Fanout, ManifestBlob, Sink};
+use crate::registry::sink::{DEFAULT_CHUNK, PushReport};
+use crate::sink::{ManifestBlob, Sink};
 use crate::walk::Context;
 
 use crate::idpbuilder::{DEFAULT_OWNER as IDPB_DEFAULT_OWNER, DEFAULT_REGISTRY as IDPB_DEFAULT_REGISTRY};
@@ -56,48 +56,20 @@ pub fn run(args: PushArgs) -> Result<()> {
         }
     }
 
-    // Group targets by registry host, keeping the order of first appearance.
-    let mut hosts: Vec<(String, Vec<String>)> = Vec::new();
-    for n in &names {
-        let host = n.api_host().to_string();
-        match hosts.iter_mut().find(|(h, _)| *h == host) {
-            Some((_, repos)) if !repos.contains(&n.repository) => repos.push(n.repository.clone()),
-            Some(_) => {}
-            None => hosts.push((host, vec![n.repository.clone()])),
-        }
-    }
-    let mut sinks = Vec::new();
-    for (host, repos) in hosts {
-        // idpbuilder's Gitea falls back to its admin credentials from the cluster, no `docker login` needed.
-        let registry = crate::registry::open(&host, &lookup, &connect, &mut progress)?;
-        sinks.push(RegistrySink::new(registry, repos, chunk));
-    }
+    // One sink per registry host; idpbuilder's Gitea falls back to its admin credentials from the cluster.
+    let mut sinks = crate::registry::sink::connect_targets(&names, &lookup, &connect, chunk, &mut progress)?;
 
     let cache = args.layer_cache()?;
-    let result = if sinks.len() == 1 {
-        push_into(&source, &mut sinks[0], &names, &mut progress, cache.as_ref())
-    } else {
-        let mut fanout = Fanout::new();
-        for sink in &mut sinks {
-            let host = sink.registry.host().to_string();
-            fanout.add(move |r: &Reference| r.api_host() == host, sink);
-        }
-        push_into(&source, &mut fanout, &names, &mut progress, cache.as_ref())
-    };
+    let result = crate::registry::sink::with_targets(&mut sinks, |sink| {
+        push_into(&source, sink, &names, &mut progress, cache.as_ref())
+    });
     let (manifest, built) = result?;
 
     let digest = &manifest.digest;
     if let Some(path) = &args.digest_file {
         std::fs::write(path, format!("{digest}\n")).map_err(|e| Error::io(path, "write", e))?;
     }
-    let mut report = PushReport::default();
-    for s in &sinks {
-        report.blobs_uploaded.extend(s.report.blobs_uploaded.iter().cloned());
-        report.blobs_skipped.extend(s.report.blobs_skipped.iter().cloned());
-        report.blobs_mounted.extend(s.report.blobs_mounted.iter().cloned());
-        report.bytes_uploaded += s.report.bytes_uploaded;
-        report.manifests += s.report.manifests;
-    }
+    let report = PushReport::merged(sinks.iter().map(|s| &s.report));
     if json {
         let mut value = json!({
             "name": names.first().map(|n| n.to_string()),

@@ -15,7 +15,7 @@ use super::{Access, MANIFEST_ACCEPT, MANIFEST_LIMIT, Registry, Request};
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Restart, Result};
 use crate::reference::Reference;
-use crate::sink::{BlobWriter, ManifestBlob, Sink};
+use crate::sink::{BlobWriter, Fanout, ManifestBlob, Sink};
 
 /// Default upload chunk size: see the README's push benchmark for the measurement behind it.
 pub const DEFAULT_CHUNK: usize = 8 * 1024 * 1024;
@@ -43,6 +43,61 @@ pub struct PushReport {
     pub blobs_mounted: Vec<String>,
     pub bytes_uploaded: u64,
     pub manifests: u64,
+}
+
+impl PushReport {
+    /// Several sinks' reports as one.
+    pub fn merged<'a>(reports: impl Iterator<Item = &'a PushReport>) -> PushReport {
+        let mut all = PushReport::default();
+        for r in reports {
+            all.blobs_uploaded.extend(r.blobs_uploaded.iter().cloned());
+            all.blobs_skipped.extend(r.blobs_skipped.iter().cloned());
+            all.blobs_mounted.extend(r.blobs_mounted.iter().cloned());
+            all.bytes_uploaded += r.bytes_uploaded;
+            all.manifests += r.manifests;
+        }
+        all
+    }
+}
+
+/// One sink per registry host among `names` (in the order hosts first appear), each connected with the
+/// credentials `lookup` finds for it; the repositories of one host share the sink.
+pub fn connect_targets(
+    names: &[Reference],
+    lookup: &crate::credentials::Lookup,
+    opts: &super::ConnectOptions,
+    chunk: usize,
+    progress: &mut crate::progress::Progress,
+) -> Result<Vec<RegistrySink>> {
+    let mut hosts: Vec<(String, Vec<String>)> = Vec::new();
+    for n in names {
+        let host = n.api_host().to_string();
+        match hosts.iter_mut().find(|(h, _)| *h == host) {
+            Some((_, repos)) if !repos.contains(&n.repository) => repos.push(n.repository.clone()),
+            Some(_) => {}
+            None => hosts.push((host, vec![n.repository.clone()])),
+        }
+    }
+    let mut sinks = Vec::new();
+    for (host, repos) in hosts {
+        let registry = super::open(&host, lookup, opts, progress)?;
+        sinks.push(RegistrySink::new(registry, repos, chunk));
+    }
+    Ok(sinks)
+}
+
+/// Runs `f` on the one sink, or on a [`Fanout`] of them that gives each host its own names: one stream
+/// feeds every registry.
+pub fn with_targets<T>(sinks: &mut [RegistrySink], f: impl FnOnce(&mut dyn Sink) -> T) -> T {
+    if let [one] = sinks {
+        return f(one);
+    }
+    let mut fanout = Fanout::new();
+    for sink in sinks.iter_mut() {
+        let host = sink.registry.host().to_string();
+        fanout.add(move |r: &Reference| r.api_host() == host, sink);
+    }
+    f(&mut fanout)
 }
 
 impl RegistrySink {
