@@ -4,7 +4,9 @@
 //! matters more than generality here: maps are `BTreeMap` so keys serialise sorted, optional fields are
 //! skipped when empty, and `created` is derived from the build epoch, so the same inputs give the same
 //! config and manifest bytes and hence the same digests. Unknown fields of manifests read back from a
-//! registry or layout are ignored; media types are plain strings so Docker schema 2 documents parse too.
+//! registry or layout are ignored. A [`MediaType`] is a type, parsed once: any string is kept (Docker schema 2
+//! documents and types this crate does not know parse too), and questions like "is this an index" are
+//! methods rather than string comparisons scattered through the code.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +22,47 @@ pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// A media type, kept as given; [`MediaType::is_index`] and [`MediaType::is_image`] know OCI's and Docker's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MediaType(String);
+
+impl MediaType {
+    pub fn new(s: impl Into<String>) -> MediaType {
+        MediaType(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// An OCI image index or a Docker manifest list.
+    pub fn is_index(&self) -> bool {
+        self.0 == MEDIA_TYPE_INDEX || self.0 == MEDIA_TYPE_DOCKER_LIST
+    }
+
+    /// An OCI image manifest or a Docker schema 2 manifest.
+    pub fn is_image(&self) -> bool {
+        self.0 == MEDIA_TYPE_MANIFEST || self.0 == MEDIA_TYPE_DOCKER_MANIFEST
+    }
+}
+
+impl std::fmt::Display for MediaType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for MediaType {
+    fn from(s: &str) -> MediaType {
+        MediaType(s.to_string())
+    }
+}
+
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
@@ -27,7 +70,7 @@ pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    pub media_type: String,
+    pub media_type: MediaType,
     pub digest: Digest,
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,7 +86,7 @@ pub struct Descriptor {
 impl Descriptor {
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
         Descriptor {
-            media_type: media_type.to_string(),
+            media_type: MediaType::new(media_type),
             digest,
             size,
             platform: None,
@@ -58,8 +101,8 @@ impl Descriptor {
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub media_type: String,
+    #[serde(default, skip_serializing_if = "MediaType::is_empty")]
+    pub media_type: MediaType,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -71,8 +114,8 @@ pub struct Manifest {
 #[serde(rename_all = "camelCase")]
 pub struct Index {
     pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub media_type: String,
+    #[serde(default, skip_serializing_if = "MediaType::is_empty")]
+    pub media_type: MediaType,
     pub manifests: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -82,7 +125,7 @@ impl Index {
     pub fn empty() -> Index {
         Index {
             schema_version: 2,
-            media_type: MEDIA_TYPE_INDEX.to_string(),
+            media_type: MEDIA_TYPE_INDEX.into(),
             manifests: Vec::new(),
             annotations: BTreeMap::new(),
         }

@@ -243,7 +243,8 @@ impl Sink for LayoutSink {
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
         self.put_blob(&manifest.bytes, &manifest.digest)?;
         let mut index = self.index()?;
-        let mut desc = Descriptor::new(&manifest.media_type, manifest.digest.clone(), manifest.bytes.len() as u64);
+        let mut desc =
+            Descriptor::new(manifest.media_type.as_str(), manifest.digest.clone(), manifest.bytes.len() as u64);
         desc.platform = manifest.platform.clone();
         name_in_index(&mut index, desc, reference);
         let bytes = serde_json::to_vec(&index).map_err(|e| Error::Layout(format!("cannot encode index: {e}")))?;
@@ -397,7 +398,8 @@ impl Sink for TarSink {
         self.put_blob(&manifest.bytes, &manifest.digest)?;
         let parsed: Manifest = serde_json::from_slice(&manifest.bytes)
             .map_err(|e| Error::Layout(format!("cannot read back manifest: {e}")))?;
-        let mut desc = Descriptor::new(&manifest.media_type, manifest.digest.clone(), manifest.bytes.len() as u64);
+        let mut desc =
+            Descriptor::new(manifest.media_type.as_str(), manifest.digest.clone(), manifest.bytes.len() as u64);
         desc.platform = manifest.platform.clone();
         name_in_index(&mut self.index, desc, reference);
         let entry = self.docker.entry(manifest.digest.clone()).or_insert_with(|| DockerManifestEntry {

@@ -275,7 +275,7 @@ pub fn run(
     let platform = Platform { architecture: config.architecture, os: config.os, variant: config.variant };
     let manifest = Manifest {
         schema_version: 2,
-        media_type: MEDIA_TYPE_MANIFEST.to_string(),
+        media_type: MEDIA_TYPE_MANIFEST.into(),
         config: Descriptor::new(MEDIA_TYPE_CONFIG, Digest::of(&config_bytes), config_bytes.len() as u64),
         layers: vec![Descriptor::new(MEDIA_TYPE_LAYER_GZIP, layer.digest.clone(), layer.size)],
         annotations: plan.image.annotations.clone(),
@@ -329,7 +329,7 @@ pub fn copy_from_layout(
     names: &[Reference],
     progress: &mut Progress,
 ) -> Result<ManifestBlob> {
-    if desc.media_type != MEDIA_TYPE_MANIFEST && desc.media_type != crate::image::MEDIA_TYPE_DOCKER_MANIFEST {
+    if !desc.media_type.is_image() {
         return Err(Error::Layout(format!(
             "{} is a {}, not an image manifest; docker-idpb pushes single-platform images",
             desc.digest, desc.media_type

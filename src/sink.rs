@@ -40,7 +40,7 @@ pub fn write_blob(mut w: Box<dyn BlobWriter + '_>, digest: &Digest, size: u64, p
 #[derive(Debug, Clone)]
 pub struct ManifestBlob {
     pub bytes: Vec<u8>,
-    pub media_type: String,
+    pub media_type: crate::image::MediaType,
     pub digest: Digest,
     pub platform: Option<Platform>,
 }

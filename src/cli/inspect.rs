@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_INDEX, Platform, RuntimeConfig};
+use crate::image::{MediaType, Platform, RuntimeConfig};
 use crate::progress::Progress;
 use crate::reference::Reference;
 use crate::registry::Registry;
@@ -115,8 +115,8 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     }
     let probe: Probe = serde_json::from_slice(&bytes)
         .map_err(|e| Error::protocol(format!("{reference} has a manifest that is not JSON: {e}")))?;
-    let media_type = probe.media_type.unwrap_or(media_type);
-    let out = if media_type == MEDIA_TYPE_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST {
+    let media_type = probe.media_type.unwrap_or_else(|| MediaType::new(media_type));
+    let out = if media_type.is_index() {
         let index: ShownIndex =
             serde_json::from_slice(&bytes).map_err(|e| Error::protocol(format!("{reference}: invalid index: {e}")))?;
         let mut platforms = Vec::new();
@@ -152,13 +152,13 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
 #[serde(rename_all = "camelCase")]
 struct Probe {
     #[serde(default)]
-    media_type: Option<String>,
+    media_type: Option<MediaType>,
 }
 
 #[derive(Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ShownDescriptor {
-    media_type: String,
+    media_type: MediaType,
     digest: Digest,
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,7 +176,7 @@ struct ShownIndex {
 #[serde(rename_all = "camelCase")]
 struct ShownManifest {
     #[serde(default)]
-    media_type: String,
+    media_type: MediaType,
     config: ShownDescriptor,
     layers: Vec<ShownDescriptor>,
     #[serde(default)]

@@ -320,7 +320,7 @@ impl Registry {
     pub fn put_manifest(&mut self, repo: &str, tag: &str, manifest: &ManifestBlob) -> Result<Digest> {
         let req = Request::new("PUT", format!("/v2/{repo}/manifests/{tag}"), "push manifest")
             .push(repo)
-            .header("Content-Type", manifest.media_type.clone())
+            .header("Content-Type", manifest.media_type.to_string())
             .body(&manifest.bytes);
         let resp = self.send(&req)?;
         if !matches!(resp.status, 200 | 201 | 202 | 204) {

@@ -986,7 +986,7 @@ fn gitea_push_with_relative_locations_strict_ranges_and_token_only_answers() {
         assert!(emulator.blobs.contains_key(built.config_digest.as_str()));
         let (content_type, bytes) = emulator.manifests.get("ns/app:v1").expect("manifest stored under the tag");
         assert_eq!(bytes, &built.manifest.bytes);
-        assert_eq!(content_type, &built.manifest.media_type);
+        assert_eq!(content_type, built.manifest.media_type.as_str());
     }
     let all = server.exchanges();
     for e in &all {
@@ -1215,7 +1215,7 @@ fn manifest_blob(media_type: &str) -> ManifestBlob {
         "layers": []
     }))
     .expect("manifest JSON");
-    ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: media_type.to_string(), platform: None }
+    ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: media_type.into(), platform: None }
 }
 
 #[test]
