@@ -297,7 +297,18 @@ pub fn store_image(
     manifest: ManifestBlob,
     names: &[Reference],
 ) -> Result<ManifestBlob> {
-    sink.put_blob(config_bytes, config_digest)?;
+    // The config is small: a lost session just sends it again (a chunked refusal is handled by the sink).
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sink.put_blob(config_bytes, config_digest) {
+            Err(Error::Restart(Restart::UploadLost(_))) if attempt < MAX_RESTREAMS => {}
+            Err(Error::Restart(r)) => {
+                return Err(Error::protocol(format!("{}, {attempt} times in a row; giving up", r.reason())));
+            }
+            other => break other.map(|_| ())?,
+        };
+    }
     let mut done = Vec::new();
     let mut failed: Vec<(String, Error)> = Vec::new();
     for name in names {
