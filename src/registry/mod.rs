@@ -498,6 +498,15 @@ impl Registry {
         }
     }
 
+    /// How messages name the server `url` points at: the registry's name, or another origin's host:port.
+    fn label(&self, url: &Url) -> String {
+        if url.origin() == self.base.origin() {
+            self.host.clone()
+        } else {
+            format!("{}:{}", url.origin().host, url.origin().port)
+        }
+    }
+
     /// Resolves a `Location` or path against the registry; an unusable one is a protocol error.
     pub fn resolve(&self, location: &str) -> Result<Url> {
         self.base.join(location).map_err(|e| {
@@ -545,10 +554,11 @@ impl Registry {
             let authz = &self.auth;
             // Every hop (redirects included) gets the Authorization only if it is the registry's origin.
             let mut authorize = |u: &Url| auth.clone().filter(|_| authz.is_registry(u));
+            let label = self.label(&url);
             let result = self
                 .exchange
                 .run(call, deadline, &mut authorize)
-                .map_err(|f| failure_error(&self.host, req.what, req.method, url.path(), f));
+                .map_err(|f| failure_error(&label, req.what, req.method, url.path(), f));
             match result {
                 Ok(a) if a.status == 401 && !refreshed && registry_url => {
                     // First refusal: learn the challenge (and its scope) and authenticate afresh, once.
@@ -622,10 +632,11 @@ impl Registry {
         };
         let authz = &self.auth;
         let mut authorize = |u: &Url| auth.clone().filter(|_| authz.is_registry(u));
+        let label = self.label(&url);
         let answer = self
             .exchange
             .run(call, deadline, &mut authorize)
-            .map_err(|f| failure_error(&self.host, req.what, req.method, url.path(), f))?;
+            .map_err(|f| failure_error(&label, req.what, req.method, url.path(), f))?;
         if answer.status == 401 {
             return Err(self.auth.refused(req.what, &registry_error_detail(&answer.body)));
         }

@@ -67,7 +67,15 @@ impl Url {
         if host.is_empty() {
             return Err("it has no host".into());
         }
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // The text after the host's last `:` (past an IPv6 literal's `]`), which must be a whole u16:
+        // `http::Uri` accepts `:99999` and just reports no port, which would mean port 80.
+        let text = authority.as_str();
+        let after_host = text.rfind(']').map_or(text, |i| &text[i + 1..]);
+        let port = match after_host.rsplit_once(':') {
+            Some((_, p)) => p.parse::<u16>().map_err(|_| format!("its port {p:?} is not a port number"))?,
+            None if https => 443,
+            None => 80,
+        };
         let path_and_query = match uri.path_and_query().map(|p| p.as_str()) {
             None | Some("") => "/".to_string(),
             Some(p) if p.starts_with('/') => p.to_string(),
@@ -149,6 +157,7 @@ mod tests {
         assert_eq!(host("HTTP://LocalHost:5000/v2/"), "localhost");
         assert!(Url::parse("http://[::1]:5000/v2/").unwrap().origin().is_loopback());
         assert!(Url::parse("http://127.0.0.2/").unwrap().origin().is_loopback());
+        assert!(Url::parse("http://127.0.0.1:99999/x").is_err(), "a port out of range is no port 80");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! script beside this file, so the crate gains no dependency for its tests.
 //!
 //! Map: [`process`] runs the binary in an isolated environment, [`http`] talks to servers directly,
-//! [`tls`] makes the test CA, [`registry`] starts registries and the token server, [`peers`] wraps skopeo
-//! and umoci, [`context`] builds a build context full of edge cases, [`tree`] compares directory trees and
+//! [`tls`] makes the test CA, [`registry`] starts registries and the token server, [`hostile`] plays a
+//! misbehaving registry (or proxy) and records what it was sent, [`peers`] wraps skopeo and umoci,
+//! [`context`] builds a build context full of edge cases, [`tree`] compares directory trees and
 //! [`results`] reads back what the binary printed (`REF@DIGEST` lines, digests, JSON).
 
 // Each test file uses a different subset of the fixtures.
@@ -20,6 +21,7 @@
 
 pub mod context;
 pub mod faults;
+pub mod hostile;
 pub mod http;
 pub mod nginx;
 pub mod peers;
@@ -33,6 +35,8 @@ pub mod tree;
 pub use context::{RANDOM_FILE_SIZE, make_rich_context, make_small_context, pseudo_random_bytes, write_file};
 #[allow(unused_imports)]
 pub use faults::*;
+#[allow(unused_imports)]
+pub use hostile::{HostileAuth, HostileOptions, HostileServer, Recorded, Scenario};
 #[allow(unused_imports)]
 pub use http::{
     HttpResponse, Request, base64, basic_auth, curl_get, curl_request, fetch, http_get, http_request, try_fetch,
