@@ -21,6 +21,12 @@ pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Manifest annotations naming the image an image was built on (image-spec's pre-defined keys).
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
 /// A media type, kept as given; [`MediaType::is_index`] and [`MediaType::is_image`] know OCI's and Docker's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -199,6 +205,13 @@ pub struct RuntimeConfig {
     pub working_dir: Option<String>,
     #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    #[serde(rename = "Volumes", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "StopSignal", default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Fields this crate does not set (`Healthcheck`, `Shell`, `OnBuild`...), kept from a base image.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// The image config blob.
@@ -215,6 +228,9 @@ pub struct ImageConfig {
     pub rootfs: RootFs,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
+    /// Fields this crate does not set (`author`, `os.version`...), kept from a base image.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,7 +240,7 @@ pub struct RootFs {
     pub diff_ids: Vec<Digest>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
@@ -232,6 +248,10 @@ pub struct History {
     pub created_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// What the user asked to put in the config and manifest (the image flags).
@@ -252,41 +272,76 @@ pub struct ImageOptions {
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl ImageOptions {
-    /// The config for an image of one layer with `diff_id`, created at `epoch` (seconds).
+    /// The config for an image of layers `diff_ids` (ours only), from scratch, created at `epoch` (seconds).
     pub fn config(&self, diff_ids: Vec<Digest>, epoch: u64) -> ImageConfig {
-        let platform = self.platform.clone().unwrap_or_else(Platform::host);
+        self.config_on(None, diff_ids, epoch)
+    }
+
+    /// The config for our layers `diff_ids` on top of `base` (None: scratch), as Docker, crane and ko build
+    /// it: the base's runtime config with ours applied over it (Env by key, Labels merged, ExposedPorts
+    /// united; `--entrypoint` drops the base's Cmd unless `--cmd` is given, as in a Dockerfile), the base's
+    /// platform, the base's diff_ids and history followed by ours (one history entry per new layer).
+    pub fn config_on(&self, base: Option<&ImageConfig>, diff_ids: Vec<Digest>, epoch: u64) -> ImageConfig {
         let created = rfc3339(epoch);
-        let mut env: Vec<String> = Vec::new();
-        env.push(DEFAULT_PATH.to_string());
+        let (mut config, platform, mut all_diff_ids, mut history, other) = match base {
+            Some(b) => (
+                b.config.clone(),
+                Platform { architecture: b.architecture.clone(), os: b.os.clone(), variant: b.variant.clone() },
+                b.rootfs.diff_ids.clone(),
+                b.history.clone(),
+                b.other.clone(),
+            ),
+            None => (
+                RuntimeConfig { env: vec![DEFAULT_PATH.to_string()], ..Default::default() },
+                self.platform.clone().unwrap_or_else(Platform::host),
+                Vec::new(),
+                Vec::new(),
+                BTreeMap::new(),
+            ),
+        };
         // A repeated key replaces the earlier value in place, as Docker's ENV does.
         for (k, v) in &self.env {
             let entry = format!("{k}={v}");
-            match env.iter_mut().find(|e| e.split_once('=').map(|(ek, _)| ek) == Some(k.as_str())) {
+            match config.env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) == k) {
                 Some(existing) => *existing = entry,
-                None => env.push(entry),
+                None => config.env.push(entry),
             }
         }
-        let exposed_ports = self.exposed_ports.iter().map(|p| (p.clone(), serde_json::Map::new())).collect();
+        if let Some(ep) = &self.entrypoint {
+            config.entrypoint = Some(ep.clone());
+            config.cmd = self.cmd.clone();
+        } else if let Some(cmd) = &self.cmd {
+            config.cmd = Some(cmd.clone());
+        }
+        if self.workdir.is_some() {
+            config.working_dir = self.workdir.clone();
+        }
+        if self.user.is_some() {
+            config.user = self.user.clone();
+        }
+        for (k, v) in &self.labels {
+            config.labels.insert(k.clone(), v.clone());
+        }
+        for p in &self.exposed_ports {
+            config.exposed_ports.entry(p.clone()).or_default();
+        }
+        for _ in &diff_ids {
+            history.push(History {
+                created: Some(created.clone()),
+                created_by: Some("docker-idpb build".to_string()),
+                ..Default::default()
+            });
+        }
+        all_diff_ids.extend(diff_ids);
         ImageConfig {
-            created: Some(created.clone()),
+            created: Some(created),
             architecture: platform.architecture,
             os: platform.os,
             variant: platform.variant,
-            config: RuntimeConfig {
-                user: self.user.clone(),
-                exposed_ports,
-                env,
-                entrypoint: self.entrypoint.clone(),
-                cmd: self.cmd.clone(),
-                working_dir: self.workdir.clone(),
-                labels: self.labels.clone(),
-            },
-            rootfs: RootFs { kind: "layers".to_string(), diff_ids },
-            history: vec![History {
-                created: Some(created),
-                created_by: Some("docker-idpb build".to_string()),
-                comment: None,
-            }],
+            config,
+            rootfs: RootFs { kind: "layers".to_string(), diff_ids: all_diff_ids },
+            history,
+            other,
         }
     }
 }

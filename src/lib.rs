@@ -7,6 +7,7 @@
 //! command line on top. Each module answers one question and documents its design at its top.
 
 pub mod auth;
+pub mod base;
 pub mod cache;
 pub mod child;
 pub mod cli;

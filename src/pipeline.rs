@@ -8,17 +8,20 @@
 
 use std::io::Write;
 
+use crate::base::Base;
 use crate::cache::LayerCache;
 use crate::digest::Digest;
 use crate::error::{Error, Restart, Result};
 use crate::image::{
-    Descriptor, ImageOptions, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST, Manifest, Platform,
+    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, ImageOptions, MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_MANIFEST, Manifest, Platform,
 };
 use crate::layer::{LayerDigests, LayerObserver, LayerOptions, write_layer};
 use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::reference::Reference;
-use crate::sink::{BlobWriter, ManifestBlob, Sink};
+use crate::sink::{BlobOutcome, BlobWriter, ManifestBlob, Sink};
 use crate::walk::Context;
 
 /// What to build.
@@ -261,24 +264,46 @@ impl Write for BlockSender {
     }
 }
 
-/// Builds the image described by `plan` into `sink` and names it with every reference in `names`.
+/// Builds the image described by `plan` into `sink` on top of `base` (None: scratch) and names it with
+/// every reference in `names`. The base's blobs go first (present, mounted, or copied verified), then our
+/// layer, then config and manifest, so a manifest never names a blob the sink lacks.
 pub fn run(
     plan: &Plan,
+    base: Option<&mut Base>,
     sink: &mut dyn Sink,
     names: &[Reference],
     progress: &mut Progress,
     cache: Option<&LayerCache>,
 ) -> Result<Built> {
+    let mut base = base;
+    if let Some(base) = base.as_deref_mut() {
+        store_base(base, sink, progress)?;
+    }
     let layer = store_layer(plan, sink, progress, cache)?;
-    let config = plan.image.config(vec![layer.diff_id.clone()], plan.layer.epoch);
+    let base = base.as_deref();
+    let config = plan.image.config_on(base.map(|b| &b.config), vec![layer.diff_id.clone()], plan.layer.epoch);
     let config_bytes = to_json(&config)?;
     let platform = Platform { architecture: config.architecture, os: config.os, variant: config.variant };
+    // The base's schema is kept: a Docker schema 2 base gives a Docker schema 2 image.
+    let docker = base.is_some_and(Base::is_docker);
+    let (manifest_type, config_type, layer_type) = if docker {
+        (MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LAYER_GZIP)
+    } else {
+        (MEDIA_TYPE_MANIFEST, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP)
+    };
+    let mut layers: Vec<Descriptor> = base.map(|b| b.layers().to_vec()).unwrap_or_default();
+    layers.push(Descriptor::new(layer_type, layer.digest.clone(), layer.size));
+    let mut annotations = plan.image.annotations.clone();
+    if let Some(b) = base {
+        annotations.entry(ANNOTATION_BASE_NAME.to_string()).or_insert_with(|| b.name.clone());
+        annotations.entry(ANNOTATION_BASE_DIGEST.to_string()).or_insert_with(|| b.digest.to_string());
+    }
     let manifest = Manifest {
         schema_version: 2,
-        media_type: MEDIA_TYPE_MANIFEST.into(),
-        config: Descriptor::new(MEDIA_TYPE_CONFIG, Digest::of(&config_bytes), config_bytes.len() as u64),
-        layers: vec![Descriptor::new(MEDIA_TYPE_LAYER_GZIP, layer.digest.clone(), layer.size)],
-        annotations: plan.image.annotations.clone(),
+        media_type: manifest_type.into(),
+        config: Descriptor::new(config_type, Digest::of(&config_bytes), config_bytes.len() as u64),
+        layers,
+        annotations,
     };
     let bytes = to_json(&manifest)?;
     let blob =
@@ -286,6 +311,26 @@ pub fn run(
     let config_digest = manifest.config.digest;
     let manifest = store_image(sink, &config_bytes, &config_digest, blob, names)?;
     Ok(Built { config_digest, config_size: config_bytes.len() as u64, manifest, layer })
+}
+
+/// Puts every blob of the base into the sink. Foreign (non-distributable) layers are not in any registry
+/// and are left where their `urls` say.
+fn store_base(base: &mut Base, sink: &mut dyn Sink, progress: &mut Progress) -> Result<()> {
+    let layers = base.layers().to_vec();
+    for desc in &layers {
+        let media = desc.media_type.as_str();
+        if media.contains("foreign") || media.contains("nondistributable") {
+            continue;
+        }
+        progress.start(&format!("base layer {}", short(&desc.digest)));
+        let outcome = sink.put_base_blob(desc, &mut base.source)?;
+        progress.done(match outcome {
+            BlobOutcome::Present => "already there",
+            BlobOutcome::Mounted => "mounted",
+            BlobOutcome::Copied => "copied",
+        });
+    }
+    Ok(())
 }
 
 /// Stores the config and the manifest (whose layers are already stored) and names it; every name is

@@ -9,9 +9,10 @@
 
 use std::io::Write;
 
+use crate::base::BlobSource;
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::image::Platform;
+use crate::image::{Descriptor, Platform};
 use crate::reference::Reference;
 
 /// A blob being written whose digest is not known yet.
@@ -32,6 +33,47 @@ pub fn write_blob(mut w: Box<dyn BlobWriter + '_>, digest: &Digest, size: u64, p
         Err(e) => {
             let _ = w.abort();
             Err(e)
+        }
+    }
+}
+
+/// What [`Sink::put_base_blob`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOutcome {
+    Present,
+    Mounted,
+    Copied,
+}
+
+/// Copies `desc` from `source` into `w`, committing only if the bytes match its digest and size.
+pub fn copy_verified(mut w: Box<dyn BlobWriter + '_>, desc: &Descriptor, source: &mut BlobSource) -> Result<()> {
+    let mut reader = match source.open(&desc.digest) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = w.abort();
+            return Err(e);
+        }
+    };
+    let copied = {
+        let mut hashing = crate::digest::HashingWriter::new(&mut w);
+        std::io::copy(&mut reader, &mut hashing).map(|_| {
+            let (_, digest, size) = hashing.finish();
+            (digest, size)
+        })
+    };
+    match copied {
+        Ok((digest, size)) if digest == desc.digest && size == desc.size => w.commit(&desc.digest, desc.size),
+        Ok((digest, size)) => {
+            let _ = w.abort();
+            Err(crate::error::Error::protocol(format!(
+                "the base blob {} arrived as {size} bytes hashing to {digest} (expected {} bytes); nothing was \
+                 stored",
+                desc.digest, desc.size
+            )))
+        }
+        Err(e) => {
+            let _ = w.abort();
+            Err(crate::layer::sink_error(e))
         }
     }
 }
@@ -69,6 +111,17 @@ pub trait Sink {
     /// monolithic PUT, producing the bytes again, when the registry refuses chunked uploads.
     fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &Produce<'_>) -> Result<()> {
         write_blob(self.blob_writer()?, digest, size, produce)
+    }
+
+    /// Stores a blob of a base image, `desc`, unless the sink has it: copied from `source` with its digest
+    /// and size verified on the way (a mismatch aborts the writer: nothing is stored). A registry sink
+    /// mounts it instead when the source is another repository of the same registry.
+    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource) -> Result<BlobOutcome> {
+        if self.has_blob(&desc.digest)? {
+            return Ok(BlobOutcome::Present);
+        }
+        copy_verified(self.blob_writer()?, desc, source)?;
+        Ok(BlobOutcome::Copied)
     }
 
     /// Stores the manifest and names it `reference`. Every blob it points to is already committed.
@@ -184,6 +237,17 @@ impl Sink for Fanout<'_> {
             }
         }
         Ok(())
+    }
+
+    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource) -> Result<BlobOutcome> {
+        let mut outcome = BlobOutcome::Present;
+        for (_, sink) in &mut self.sinks {
+            match sink.put_base_blob(desc, source)? {
+                BlobOutcome::Present => {}
+                other => outcome = other,
+            }
+        }
+        Ok(outcome)
     }
 
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {

@@ -36,17 +36,20 @@ pub fn run(args: BuildArgs) -> Result<()> {
         return list(&context);
     }
     let mut progress = Progress::new(args.quiet);
+    let platform = image.platform.clone().unwrap_or_else(crate::image::Platform::host);
+    let mut base = super::resolve_base(&args, &platform, args.quiet, &mut progress)?;
     let plan = Plan { context, layer, image };
     let cache = args.layer_cache()?;
     let cache = cache.as_ref();
+    let base = base.as_mut();
     let (output, built) = if let Some(dir) = &args.oci_layout {
-        (dir.clone(), pipeline::run(&plan, &mut LayoutSink::create(dir)?, &names, &mut progress, cache)?)
+        (dir.clone(), pipeline::run(&plan, base, &mut LayoutSink::create(dir)?, &names, &mut progress, cache)?)
     } else if let Some(file) = &args.tar {
-        (file.clone(), pipeline::run(&plan, &mut TarSink::create(file)?, &names, &mut progress, None)?)
+        (file.clone(), pipeline::run(&plan, base, &mut TarSink::create(file)?, &names, &mut progress, None)?)
     } else {
         let store = store_dir()?;
         let mut sink: Box<dyn Sink> = Box::new(LayoutSink::create(&store)?);
-        (store, pipeline::run(&plan, sink.as_mut(), &names, &mut progress, cache)?)
+        (store, pipeline::run(&plan, base, sink.as_mut(), &names, &mut progress, cache)?)
     };
     report(&built, &names, &output, json, args.digest_file.as_deref())
 }

@@ -53,7 +53,12 @@ macro_rules! with_image_flags {
         $(#[$meta])*
         pub struct $name {
             $($body)*
-            /// platform of the image, OS/ARCH[/VARIANT] (default: linux on the host's architecture)
+            /// the image to build on: a registry reference (alpine:3.20, HOST/NAME@sha256:...), oci:DIR[:TAG],
+            /// or scratch (default: $IDPB_BASE, else scratch)
+            #[argh(option)]
+            pub base: Option<String>,
+            /// platform of the image, OS/ARCH[/VARIANT] (default: the base's for a single-platform base, else
+            /// linux on the host's architecture)
             #[argh(option)]
             pub platform: Option<String>,
             /// entrypoint: a JSON array or a string split on whitespace
@@ -109,6 +114,7 @@ macro_rules! with_image_flags {
         impl ImageFlags for $name {
             fn image_flags(&self) -> ImageFlagValues<'_> {
                 ImageFlagValues {
+                    base: self.base.as_deref(),
                     platform: self.platform.as_deref(),
                     entrypoint: self.entrypoint.as_deref(),
                     cmd: self.cmd.as_deref(),
@@ -196,6 +202,7 @@ macro_rules! plain {
     ($($t:tt)*) => { $($t)* };
 }
 
+with_registry_flags! {
 with_image_flags! {
     /// Build a directory into an OCI image: an OCI layout, a docker-loadable tar, or the local store.
     #[derive(FromArgs, Debug)]
@@ -217,6 +224,7 @@ with_image_flags! {
         #[argh(switch)]
         pub list: bool,
     }
+}
 }
 
 with_registry_flags! {
@@ -425,6 +433,7 @@ pub fn read_password_stdin() -> Result<String> {
 
 /// The shared image flags, borrowed from whichever command declared them.
 pub struct ImageFlagValues<'a> {
+    pub base: Option<&'a str>,
     pub platform: Option<&'a str>,
     pub entrypoint: Option<&'a str>,
     pub cmd: Option<&'a str>,
@@ -523,6 +532,15 @@ pub trait ImageFlags {
         Ok(store_dir().ok().map(|d| crate::cache::LayerCache::new(&d.join("cache"))))
     }
 
+    /// `--base`, else `IDPB_BASE`, else scratch.
+    fn base_ref(&self) -> Result<crate::base::BaseRef> {
+        let from_env = std::env::var("IDPB_BASE").ok().filter(|v| !v.trim().is_empty());
+        match self.image_flags().base.map(str::to_string).or(from_env) {
+            Some(b) => crate::base::BaseRef::parse(&b),
+            None => Ok(crate::base::BaseRef::Scratch),
+        }
+    }
+
     /// Whether `--format json` was asked for.
     fn json(&self) -> Result<bool> {
         match self.image_flags().format {
@@ -531,6 +549,24 @@ pub trait ImageFlags {
             other => Err(Error::usage(format!("invalid --format {other:?}: use text or json"))),
         }
     }
+}
+
+/// Resolves the base image for `platform`, connecting to its registry with the command's credentials and
+/// TLS options (the base's host may need other credentials than the target's).
+pub(crate) fn resolve_base<A: ImageFlags + RegistryFlags>(
+    args: &A,
+    platform: &Platform,
+    quiet: bool,
+    progress: &mut crate::progress::Progress,
+) -> Result<Option<crate::base::Base>> {
+    let base = args.base_ref()?;
+    if base == crate::base::BaseRef::Scratch {
+        return Ok(None);
+    }
+    let mut connect = args.connect_options()?;
+    connect.quiet = quiet;
+    let lookup = args.credential_lookup()?;
+    crate::base::resolve(&base, platform, &mut |host| crate::registry::open(host, &lookup, &connect, progress))
 }
 
 /// The Docker CLI plugin metadata, printed for `docker-cli-plugin-metadata`.
@@ -558,7 +594,10 @@ pub fn program_name(inv: &argv::Invocation) -> &'static str {
 pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
     let docker_config = inv.docker_config.as_ref().map(PathBuf::from);
     match cli.command {
-        Command::Build(args) => build::run(args),
+        Command::Build(mut args) => {
+            args.set_docker_config(docker_config);
+            build::run(args)
+        }
         Command::Push(mut args) => {
             args.set_docker_config(docker_config);
             push::run(args)

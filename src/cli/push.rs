@@ -59,9 +59,16 @@ pub fn run(args: PushArgs) -> Result<()> {
     // One sink per registry host; idpbuilder's Gitea falls back to its admin credentials from the cluster.
     let mut sinks = crate::registry::sink::connect_targets(&names, &lookup, &connect, chunk, &mut progress)?;
 
+    let mut base = match &source {
+        Source::Context(plan) => {
+            let platform = plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host);
+            super::resolve_base(&args, &platform, args.quiet, &mut progress)?
+        }
+        Source::Layout { .. } => None,
+    };
     let cache = args.layer_cache()?;
     let result = crate::registry::sink::with_targets(&mut sinks, |sink| {
-        push_into(&source, sink, &names, &mut progress, cache.as_ref())
+        push_into(&source, base.as_mut(), sink, &names, &mut progress, cache.as_ref())
     });
     let (manifest, built) = result?;
 
@@ -97,6 +104,7 @@ pub fn run(args: PushArgs) -> Result<()> {
 
 fn push_into(
     source: &Source,
+    base: Option<&mut crate::base::Base>,
     sink: &mut dyn Sink,
     names: &[Reference],
     progress: &mut Progress,
@@ -104,7 +112,7 @@ fn push_into(
 ) -> Result<(ManifestBlob, Option<pipeline::Built>)> {
     match source {
         Source::Context(plan) => {
-            let built = pipeline::run(plan, sink, names, progress, cache)?;
+            let built = pipeline::run(plan, base, sink, names, progress, cache)?;
             Ok((built.manifest.clone(), Some(built)))
         }
         Source::Layout { layout, name } => {
@@ -125,6 +133,12 @@ fn source(args: &PushArgs) -> Result<(Source, Option<String>)> {
         let context = Context::open(dir)?;
         let base = default_base_name(dir);
         return Ok((Source::Context(Box::new(Plan { context, layer, image })), Some(base)));
+    }
+    if args.base.is_some() {
+        return Err(Error::usage(
+            "--base builds a CONTEXT directory on a base image; an image from --oci-layout or the store already has \
+             its base",
+        ));
     }
     let (layout, name) = match &args.oci_layout {
         Some(dir) => (Layout::open(dir)?, args.image.clone()),

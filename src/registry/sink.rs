@@ -12,10 +12,12 @@ use std::cell::Cell;
 
 use super::upload::Upload;
 use super::{Access, MANIFEST_ACCEPT, MANIFEST_LIMIT, Registry, Request};
+use crate::base::BlobSource;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Restart, Result};
+use crate::image::Descriptor;
 use crate::reference::Reference;
-use crate::sink::{BlobWriter, Fanout, ManifestBlob, Sink};
+use crate::sink::{BlobOutcome, BlobWriter, Fanout, ManifestBlob, Sink};
 
 /// Default upload chunk size: see the README's push benchmark for the measurement behind it.
 pub const DEFAULT_CHUNK: usize = 8 * 1024 * 1024;
@@ -201,6 +203,41 @@ impl Sink for RegistrySink {
         self.report.blobs_uploaded.push(digest.to_string());
         self.report.bytes_uploaded += size;
         Ok(())
+    }
+
+    /// A base blob: present (HEAD), mounted from the base's repository when it is on this registry, else
+    /// streamed from the base's registry into an upload, verified (again from its first byte if the
+    /// session is lost).
+    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource) -> Result<BlobOutcome> {
+        if self.has_blob(&desc.digest)? {
+            return Ok(BlobOutcome::Present);
+        }
+        let first = self.repos[0].clone();
+        if let Some((host, from)) = source.mount_point()
+            && host == self.registry.host()
+            && from != first
+            && self.registry.mount(&first, from, &desc.digest)?
+        {
+            self.present.insert(desc.digest.clone());
+            self.report.blobs_mounted.push(format!("{first}@{}", desc.digest));
+            return Ok(BlobOutcome::Mounted);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let RegistrySink { registry, chunk, .. } = self;
+            let upload = Upload::start(registry, &first, chunk)?;
+            match crate::sink::copy_verified(Box::new(upload), desc, source) {
+                Err(Error::Restart(Restart::UploadLost(_))) if attempt < 5 => continue,
+                Err(Error::Restart(r)) => return Err(Error::protocol(r.reason().to_string())),
+                other => other?,
+            }
+            break;
+        }
+        self.present.insert(desc.digest.clone());
+        self.report.blobs_uploaded.push(desc.digest.to_string());
+        self.report.bytes_uploaded += desc.size;
+        Ok(BlobOutcome::Copied)
     }
 
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {

@@ -978,7 +978,7 @@ fn gitea_push_with_relative_locations_strict_ranges_and_token_only_answers() {
     let plan = context(&dir.0, 300_000);
     let name = Reference::parse(&format!("{}/ns/app:v1", server.host)).expect("reference");
 
-    let built = pipeline::run(&plan, &mut sink, &[name], &mut Progress::new(true), None).expect("push to Gitea");
+    let built = pipeline::run(&plan, None, &mut sink, &[name], &mut Progress::new(true), None).expect("push to Gitea");
 
     {
         let emulator = state(&emulator);
