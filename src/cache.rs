@@ -42,6 +42,7 @@ impl LayerCache {
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.update(format!("{opts:?}\0").as_bytes());
         h.update(context.root().as_os_str().as_encoded_bytes());
+        h.update(context.part_id().as_bytes());
         // The root's own metadata matters with --prefix (the prefix directory takes its mode).
         {
             use std::os::unix::fs::MetadataExt;
@@ -57,7 +58,7 @@ impl LayerCache {
                 Kind::Dir => "d".to_string(),
                 Kind::File { size } => format!("f{size}"),
                 Kind::Symlink { target } => format!("l{}", String::from_utf8_lossy(target)),
-                Kind::HardLink { target } => format!("h{target}"),
+                Kind::HardLink { target, .. } => format!("h{target}"),
             };
             h.update(kind.as_bytes());
             h.update(e.mode.to_le_bytes());

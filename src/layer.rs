@@ -141,7 +141,7 @@ impl<W: Write> TarWriter<'_, W> {
             Kind::Symlink { target } => {
                 self.header(name.as_bytes(), tar::EntryType::Symlink, entry.mode, entry.mtime, 0, Some(target))
             }
-            Kind::HardLink { target } => {
+            Kind::HardLink { target, .. } => {
                 let target = self.name(target);
                 let t = Some(target.as_bytes());
                 self.header(name.as_bytes(), tar::EntryType::Link, entry.mode, entry.mtime, 0, t)

@@ -22,7 +22,7 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::reference::Reference;
 use crate::sink::{BlobOutcome, BlobWriter, ManifestBlob, Sink};
-use crate::walk::Context;
+use crate::walk::{Context, Split};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct Plan {
     pub context: Context,
     pub layer: LayerOptions,
     pub image: ImageOptions,
+    /// `--layer` patterns: one layer per pattern with files, then the rest.
+    pub split: Split,
 }
 
 /// What was built.
@@ -38,13 +40,16 @@ pub struct Built {
     pub manifest: ManifestBlob,
     pub config_digest: Digest,
     pub config_size: u64,
+    /// The last of our layers (the whole context without `--layer`).
     pub layer: LayerDigests,
+    /// Every layer we wrote, in image order (after the base's).
+    pub layers: Vec<LayerDigests>,
 }
 
 impl Built {
     /// Manifest + config + layer bytes: what a registry stores for this image.
     pub fn total_size(&self) -> u64 {
-        self.manifest.bytes.len() as u64 + self.config_size + self.layer.size
+        self.manifest.bytes.len() as u64 + self.config_size + self.layers.iter().map(|l| l.size).sum::<u64>()
     }
 }
 
@@ -279,9 +284,16 @@ pub fn run(
     if let Some(base) = base.as_deref_mut() {
         store_base(base, sink, progress)?;
     }
-    let layer = store_layer(plan, sink, progress, cache)?;
+    // One layer per part of the context, each with its own cache entry: a re-push that changed only
+    // one part reads, compresses and sends only that one.
+    let mut ours = Vec::new();
+    for (_, part) in plan.context.split(&plan.split)? {
+        let part_plan = Plan { context: part, ..plan.clone() };
+        ours.push(store_layer(&part_plan, sink, progress, cache)?);
+    }
     let base = base.as_deref();
-    let config = plan.image.config_on(base.map(|b| &b.config), vec![layer.diff_id.clone()], plan.layer.epoch);
+    let diff_ids = ours.iter().map(|l| l.diff_id.clone()).collect();
+    let config = plan.image.config_on(base.map(|b| &b.config), diff_ids, plan.layer.epoch);
     let config_bytes = to_json(&config)?;
     let platform = Platform { architecture: config.architecture, os: config.os, variant: config.variant };
     // The base's schema is kept: a Docker schema 2 base gives a Docker schema 2 image.
@@ -292,7 +304,7 @@ pub fn run(
         (MEDIA_TYPE_MANIFEST, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP)
     };
     let mut layers: Vec<Descriptor> = base.map(|b| b.layers().to_vec()).unwrap_or_default();
-    layers.push(Descriptor::new(layer_type, layer.digest.clone(), layer.size));
+    layers.extend(ours.iter().map(|l| Descriptor::new(layer_type, l.digest.clone(), l.size)));
     let mut annotations = plan.image.annotations.clone();
     if let Some(b) = base {
         annotations.entry(ANNOTATION_BASE_NAME.to_string()).or_insert_with(|| b.name.clone());
@@ -310,7 +322,8 @@ pub fn run(
         ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: manifest.media_type, platform: Some(platform) };
     let config_digest = manifest.config.digest;
     let manifest = store_image(sink, &config_bytes, &config_digest, blob, names)?;
-    Ok(Built { config_digest, config_size: config_bytes.len() as u64, manifest, layer })
+    let layer = ours.last().cloned().ok_or_else(|| Error::Context("the context gave no layer".into()))?;
+    Ok(Built { config_digest, config_size: config_bytes.len() as u64, manifest, layer, layers: ours })
 }
 
 /// Puts every blob of the base into the sink. Foreign (non-distributable) layers are not in any registry

@@ -8,13 +8,21 @@
 //! it, as Docker does; such a directory is emitted only once something under it turns out to be included, so
 //! the layer never holds an empty directory the user excluded. Sockets, FIFOs and devices are reported to a
 //! `skipped` callback and left out. Memory is one sorted name list per open directory, never file contents.
+//!
+//! `--layer PATTERN` splits one context into several layers ([`Split`]): a path goes to the layer of the
+//! first pattern that matches it (`.dockerignore` syntax and matching, a match on a parent counts), the
+//! rest to a last layer. [`Context::split`] walks once (lstat only) to learn which directories each layer
+//! needs as parents of its files, then hands out one [`Context`] per non-empty layer whose walk yields only
+//! that layer's entries, in the same order; a hard link whose first name went to another layer is written
+//! as a regular file, so each layer unpacks on its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::ignore::Ignore;
@@ -24,6 +32,62 @@ use crate::ignore::Ignore;
 pub struct Context {
     root: PathBuf,
     ignore: Ignore,
+    /// One layer of a split context, or the whole of it.
+    part: Option<Part>,
+}
+
+/// `--layer` patterns: layer `i` takes what pattern `i` matches first; the rest goes to a last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    patterns: Vec<(String, Ignore)>,
+}
+
+impl Split {
+    /// Parses the patterns (errors as `.dockerignore` errors, naming `--layer`).
+    pub fn parse(patterns: &[String]) -> Result<Split> {
+        let mut parsed = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            let ignore = Ignore::parse(p, &format!("--layer #{}", i + 1))?;
+            if p.trim().is_empty() || p.trim_start().starts_with('!') || p.starts_with('#') {
+                return Err(Error::usage(format!(
+                    "invalid --layer {p:?}: give a .dockerignore pattern that matches paths, e.g. 'vendor/' or '**/*.so'"
+                )));
+            }
+            parsed.push((p.clone(), ignore));
+        }
+        Ok(Split { patterns: parsed })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// How many layers the split can give (patterns + the rest).
+    pub fn layers(&self) -> usize {
+        self.patterns.len() + 1
+    }
+
+    /// The layer a context-relative path belongs to.
+    pub fn layer_of(&self, rel: &str) -> usize {
+        self.patterns.iter().position(|(_, i)| i.excluded(rel)).unwrap_or(self.patterns.len())
+    }
+
+    /// What the layer is, in words ("--layer 'vendor/'", "the rest").
+    pub fn describe(&self, index: usize) -> String {
+        match self.patterns.get(index) {
+            Some((p, _)) => format!("--layer {p:?}"),
+            None => "the rest".to_string(),
+        }
+    }
+}
+
+/// One layer of a split context.
+#[derive(Debug, Clone)]
+struct Part {
+    split: Arc<Split>,
+    index: usize,
+    /// Directories this layer carries: parents of its entries, and empty directories of its own.
+    dirs: Arc<HashSet<String>>,
 }
 
 /// What an entry is, as far as the layer is concerned.
@@ -36,9 +100,11 @@ pub enum Kind {
     Symlink {
         target: Vec<u8>,
     },
-    /// A further name of a file already emitted at this context-relative path.
+    /// A further name of a file already emitted at this context-relative path (`size`: its size, for when
+    /// it must be written as a file after all).
     HardLink {
         target: String,
+        size: u64,
     },
 }
 
@@ -76,7 +142,74 @@ impl Context {
         }
         fs::read_dir(root).map_err(|e| Error::io(root, "read build context", e))?;
         let ignore = Ignore::load(root)?;
-        Ok(Context { root: root.to_path_buf(), ignore })
+        Ok(Context { root: root.to_path_buf(), ignore, part: None })
+    }
+
+    /// The context split by `split`: `(layer index, context of that layer)` for each layer with entries,
+    /// in layer order. Without patterns, the whole context as layer 0.
+    pub fn split(&self, split: &Split) -> Result<Vec<(usize, Context)>> {
+        if split.is_empty() {
+            return Ok(vec![(0, self.clone())]);
+        }
+        let n = split.layers();
+        let mut dirs: Vec<HashSet<String>> = vec![HashSet::new(); n];
+        let mut used = vec![false; n];
+        let mut all_dirs: Vec<String> = Vec::new();
+        let add_parents = |set: &mut HashSet<String>, rel: &str| {
+            let mut p = rel;
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !set.insert(parent.to_string()) {
+                    break;
+                }
+                p = parent;
+            }
+        };
+        let mut visit = |e: Entry| -> Result<()> {
+            if e.kind == Kind::Dir {
+                all_dirs.push(e.rel);
+            } else {
+                let k = split.layer_of(&e.rel);
+                used[k] = true;
+                add_parents(&mut dirs[k], &e.rel);
+            }
+            Ok(())
+        };
+        self.walk(&mut visit, &mut |_, _| {})?;
+        // A directory no layer needs as a parent is empty of files: it goes to its own layer.
+        for d in all_dirs {
+            if dirs.iter().any(|set| set.contains(&d)) {
+                continue;
+            }
+            let k = split.layer_of(&d);
+            used[k] = true;
+            dirs[k].insert(d.clone());
+            add_parents(&mut dirs[k], &d);
+        }
+        if !used.iter().any(|u| *u) {
+            // Nothing at all: one empty layer, as without --layer.
+            return Ok(vec![(0, self.clone())]);
+        }
+        let split = Arc::new(split.clone());
+        Ok(dirs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| used[*k])
+            .map(|(index, set)| {
+                let part = Part { split: Arc::clone(&split), index, dirs: Arc::new(set) };
+                (index, Context { part: Some(part), ..self.clone() })
+            })
+            .collect())
+    }
+
+    /// Identifies the layer of a split context (for the layer cache's fingerprint); empty for a whole one.
+    pub fn part_id(&self) -> String {
+        match &self.part {
+            None => String::new(),
+            Some(p) => {
+                let patterns: Vec<&str> = p.split.patterns.iter().map(|(s, _)| s.as_str()).collect();
+                format!("layer {} of {:?}", p.index, patterns)
+            }
+        }
     }
 
     /// The context directory.
@@ -91,8 +224,43 @@ impl Context {
 
     /// Calls `visit` for every included entry in layer order and `skipped` for special files left out.
     pub fn walk(&self, visit: &mut dyn FnMut(Entry) -> Result<()>, skipped: &mut dyn FnMut(&Path, &str)) -> Result<()> {
-        let mut walker = Walker { ignore: &self.ignore, links: HashMap::new(), pending: Vec::new(), visit, skipped };
-        walker.dir(&self.root, "")
+        match &self.part {
+            None => {
+                let mut walker =
+                    Walker { ignore: &self.ignore, links: HashMap::new(), pending: Vec::new(), visit, skipped };
+                walker.dir(&self.root, "")
+            }
+            Some(part) => {
+                // Names this layer wrote, so a hard link can point at them.
+                let mut written: HashSet<String> = HashSet::new();
+                let mut only_this = |mut e: Entry| -> Result<()> {
+                    let keep = match &e.kind {
+                        Kind::Dir => part.dirs.contains(&e.rel),
+                        _ => part.split.layer_of(&e.rel) == part.index,
+                    };
+                    if !keep {
+                        return Ok(());
+                    }
+                    if let Kind::HardLink { target, size } = &e.kind
+                        && !written.contains(target)
+                    {
+                        e.kind = Kind::File { size: *size };
+                    }
+                    if !matches!(e.kind, Kind::Dir) {
+                        written.insert(e.rel.clone());
+                    }
+                    visit(e)
+                };
+                let mut walker = Walker {
+                    ignore: &self.ignore,
+                    links: HashMap::new(),
+                    pending: Vec::new(),
+                    visit: &mut only_this,
+                    skipped,
+                };
+                walker.dir(&self.root, "")
+            }
+        }
     }
 }
 
@@ -150,7 +318,7 @@ impl Walker<'_> {
         } else if ft.is_file() {
             if meta.nlink() > 1 {
                 match self.links.get(&(meta.dev(), meta.ino())) {
-                    Some(first) => Kind::HardLink { target: first.clone() },
+                    Some(first) => Kind::HardLink { target: first.clone(), size: meta.len() },
                     None => {
                         self.links.insert((meta.dev(), meta.ino()), rel.clone());
                         Kind::File { size: meta.len() }

@@ -26,6 +26,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let json = args.json()?;
     let image = args.image_options()?;
     let layer = args.layer_options()?;
+    let split = args.split()?;
     let names = names_for(&args.tag, &context_dir)?;
     check_digest_file(args.digest_file.as_deref())?;
     if args.oci_layout.is_some() && args.tar.is_some() {
@@ -33,12 +34,12 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let context = Context::open(&context_dir)?;
     if args.list {
-        return list(&context);
+        return list(&context, &split);
     }
     let mut progress = Progress::new(args.quiet);
     let platform = image.platform.clone().unwrap_or_else(crate::image::Platform::host);
     let mut base = super::resolve_base(&args, &platform, args.quiet, &mut progress)?;
-    let plan = Plan { context, layer, image };
+    let plan = Plan { context, layer, image, split };
     let cache = args.layer_cache()?;
     let cache = cache.as_ref();
     let base = base.as_mut();
@@ -98,18 +99,26 @@ pub(super) fn default_base_name(context: &Path) -> String {
     sanitize_repository_component(base)
 }
 
-fn list(context: &Context) -> Result<()> {
+/// Prints the paths in layer order; with `--layer`, each layer's paths under a `# layer N: WHAT` line.
+fn list(context: &Context, split: &crate::walk::Split) -> Result<()> {
     use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut visit = |entry: crate::walk::Entry| -> Result<()> {
-        let line = match entry.kind {
-            Kind::Dir => format!("{}/", entry.rel),
-            _ => entry.rel,
+    let parts = context.split(split)?;
+    for (n, (index, part)) in parts.iter().enumerate() {
+        if !split.is_empty() {
+            writeln!(out, "# layer {}: {}", n + 1, split.describe(*index))
+                .map_err(|e| Error::io("stdout", "write", e))?;
+        }
+        let mut visit = |entry: crate::walk::Entry| -> Result<()> {
+            let line = match entry.kind {
+                Kind::Dir => format!("{}/", entry.rel),
+                _ => entry.rel,
+            };
+            writeln!(out, "{line}").map_err(|e| Error::io("stdout", "write", e))
         };
-        writeln!(out, "{line}").map_err(|e| Error::io("stdout", "write", e))
-    };
-    context.walk(&mut visit, &mut |path, what| eprintln!("warning: skipped {} ({what})", path.display()))?;
+        part.walk(&mut visit, &mut |path, what| eprintln!("warning: skipped {} ({what})", path.display()))?;
+    }
     out.flush().map_err(|e| Error::io("stdout", "write", e))
 }
 
@@ -133,6 +142,7 @@ pub(super) fn report(
             "size": built.manifest.bytes.len(),
             "config_digest": built.config_digest,
             "config_size": built.config_size,
+            "layers": built.layers.iter().map(|l| json!({"digest": l.digest, "size": l.size, "diff_id": l.diff_id})).collect::<Vec<_>>(),
             "layer_digest": built.layer.digest,
             "layer_size": built.layer.size,
             "diff_id": built.layer.diff_id,

@@ -85,6 +85,10 @@ macro_rules! with_image_flags {
             /// port the container listens on, PORT[/tcp|udp|sctp] (repeatable)
             #[argh(option)]
             pub expose: Vec<String>,
+            /// put the paths matching this .dockerignore-style pattern in a layer of their own, in flag order
+            /// (repeatable; what no pattern matches goes into a last layer), e.g. --layer 'vendor/'
+            #[argh(option)]
+            pub layer: Vec<String>,
             /// where the context goes in the image (default /)
             #[argh(option)]
             pub prefix: Option<String>,
@@ -115,6 +119,7 @@ macro_rules! with_image_flags {
             fn image_flags(&self) -> ImageFlagValues<'_> {
                 ImageFlagValues {
                     base: self.base.as_deref(),
+                    layer: &self.layer,
                     platform: self.platform.as_deref(),
                     entrypoint: self.entrypoint.as_deref(),
                     cmd: self.cmd.as_deref(),
@@ -434,6 +439,7 @@ pub fn read_password_stdin() -> Result<String> {
 /// The shared image flags, borrowed from whichever command declared them.
 pub struct ImageFlagValues<'a> {
     pub base: Option<&'a str>,
+    pub layer: &'a [String],
     pub platform: Option<&'a str>,
     pub entrypoint: Option<&'a str>,
     pub cmd: Option<&'a str>,
@@ -530,6 +536,11 @@ pub trait ImageFlags {
             return Ok(None);
         }
         Ok(store_dir().ok().map(|d| crate::cache::LayerCache::new(&d.join("cache"))))
+    }
+
+    /// `--layer` patterns, validated.
+    fn split(&self) -> Result<crate::walk::Split> {
+        crate::walk::Split::parse(self.image_flags().layer)
     }
 
     /// `--base`, else `IDPB_BASE`, else scratch.

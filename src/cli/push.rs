@@ -88,6 +88,12 @@ pub fn run(args: PushArgs) -> Result<()> {
         });
         if let Some(b) = built {
             value["config_digest"] = json!(b.config_digest);
+            value["layers"] = json!(
+                b.layers
+                    .iter()
+                    .map(|l| json!({"digest": l.digest, "size": l.size, "diff_id": l.diff_id}))
+                    .collect::<Vec<_>>()
+            );
             value["layer_digest"] = json!(b.layer.digest);
             value["layer_size"] = json!(b.layer.size);
             value["diff_id"] = json!(b.layer.diff_id);
@@ -130,9 +136,10 @@ fn source(args: &PushArgs) -> Result<(Source, Option<String>)> {
         }
         let image = args.image_options()?;
         let layer = args.layer_options()?;
+        let split = args.split()?;
         let context = Context::open(dir)?;
         let base = default_base_name(dir);
-        return Ok((Source::Context(Box::new(Plan { context, layer, image })), Some(base)));
+        return Ok((Source::Context(Box::new(Plan { context, layer, image, split })), Some(base)));
     }
     if args.base.is_some() {
         return Err(Error::usage(

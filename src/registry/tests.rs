@@ -837,6 +837,7 @@ fn context(dir: &Path, noise_len: usize) -> Plan {
         context: Context::open(dir).expect("open context"),
         layer: LayerOptions::default(),
         image: ImageOptions::default(),
+        split: Default::default(),
     }
 }
 
