@@ -36,6 +36,11 @@ impl LayerCache {
         LayerCache { dir: dir.to_path_buf() }
     }
 
+    /// Where the cache keeps its entries (other caches keyed by digest live beside them).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The fingerprint of `context` built with `opts` (a stat-only walk).
     pub fn fingerprint(context: &Context, opts: &LayerOptions) -> Result<String> {
         let mut h = Sha256::new();

@@ -30,11 +30,14 @@ pub struct LayerOptions {
     pub prefix: String,
     /// Deflate level, 0-10.
     pub level: u8,
+    /// The base's directory symlinks and modes: entries are written under a base symlink's target, and a
+    /// directory the base has keeps its mode (see [`crate::rootfs`]).
+    pub rootfs: Option<std::sync::Arc<crate::rootfs::RootFs>>,
 }
 
 impl Default for LayerOptions {
     fn default() -> Self {
-        LayerOptions { epoch: 0, preserve_mtime: false, chown: (0, 0), prefix: String::new(), level: 1 }
+        LayerOptions { epoch: 0, preserve_mtime: false, chown: (0, 0), prefix: String::new(), level: 1, rootfs: None }
     }
 }
 
@@ -119,30 +122,47 @@ impl<W: Write> TarWriter<'_, W> {
         let parts: Vec<&str> = self.opts.prefix.split('/').collect();
         for i in 0..parts.len() {
             let last = i + 1 == parts.len();
-            let name = format!("{}/", parts[..=i].join("/"));
+            let name = self.resolve(&parts[..=i].join("/"), true);
             let mode = if last { root.mode() & 0o7777 } else { 0o755 };
+            let mode = self.base_mode(&name).unwrap_or(mode);
+            let name = format!("{name}/");
             let mtime = if last { root.mtime() } else { 0 };
             self.header(name.as_bytes(), tar::EntryType::Directory, mode, mtime, 0, None)?;
         }
         Ok(())
     }
 
-    fn name(&self, rel: &str) -> String {
-        if self.opts.prefix.is_empty() { rel.to_string() } else { format!("{}/{rel}", self.opts.prefix) }
+    fn name(&self, rel: &str, is_dir: bool) -> String {
+        let name = if self.opts.prefix.is_empty() { rel.to_string() } else { format!("{}/{rel}", self.opts.prefix) };
+        self.resolve(&name, is_dir)
+    }
+
+    /// `name` under the base's symlinks (unchanged without a base).
+    fn resolve(&self, name: &str, is_dir: bool) -> String {
+        match &self.opts.rootfs {
+            Some(fs) => fs.resolve(name, is_dir),
+            None => name.to_string(),
+        }
+    }
+
+    /// The mode of a directory the base already has at `name`.
+    fn base_mode(&self, name: &str) -> Option<u32> {
+        self.opts.rootfs.as_ref().and_then(|fs| fs.dir_mode(name))
     }
 
     fn entry(&mut self, entry: &Entry) -> Result<()> {
-        let name = self.name(&entry.rel);
+        let name = self.name(&entry.rel, entry.kind == Kind::Dir);
         match &entry.kind {
             Kind::Dir => {
+                let mode = self.base_mode(&name).unwrap_or(entry.mode);
                 let name = format!("{name}/");
-                self.header(name.as_bytes(), tar::EntryType::Directory, entry.mode, entry.mtime, 0, None)
+                self.header(name.as_bytes(), tar::EntryType::Directory, mode, entry.mtime, 0, None)
             }
             Kind::Symlink { target } => {
                 self.header(name.as_bytes(), tar::EntryType::Symlink, entry.mode, entry.mtime, 0, Some(target))
             }
             Kind::HardLink { target, .. } => {
-                let target = self.name(target);
+                let target = self.name(target, false);
                 let t = Some(target.as_bytes());
                 self.header(name.as_bytes(), tar::EntryType::Link, entry.mode, entry.mtime, 0, t)
             }

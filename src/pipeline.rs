@@ -281,8 +281,17 @@ pub fn run(
     cache: Option<&LayerCache>,
 ) -> Result<Built> {
     let mut base = base;
+    let mut with_base;
+    let mut plan = plan;
     if let Some(base) = base.as_deref_mut() {
         store_base(base, sink, progress)?;
+        if plan.layer.rootfs.is_none() {
+            // Our entries must not replace the base's directory symlinks (merged /usr) or modes.
+            let fs = crate::rootfs::RootFs::of(base, cache.map(LayerCache::dir), progress)?;
+            with_base = plan.clone();
+            with_base.layer.rootfs = Some(std::sync::Arc::new(fs));
+            plan = &with_base;
+        }
     }
     // One layer per part of the context, each with its own cache entry: a re-push that changed only
     // one part reads, compresses and sends only that one.

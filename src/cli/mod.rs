@@ -527,7 +527,7 @@ pub trait ImageFlags {
         if level > 9 {
             return Err(Error::usage(format!("invalid --compression-level {level}: use 0 (store) to 9 (smallest)")));
         }
-        Ok(LayerOptions { epoch, preserve_mtime: f.preserve_mtime, chown, prefix, level })
+        Ok(LayerOptions { epoch, preserve_mtime: f.preserve_mtime, chown, prefix, level, rootfs: None })
     }
 
     /// The layer cache in the local store, unless `--no-cache`.
