@@ -411,7 +411,8 @@ fn trickling_manifest_is_abandoned_within_the_timeout() {
 const FAIL_FAST: Duration = Duration::from_millis(2500);
 
 /// An upload POST answered 202 with an unparsable `Location` (`http://[::1`, port 99999) fails the push
-/// at once: one upload POST, no `retrying` line, one error line, well under a second of backoff.
+/// at once: one upload POST, no `retrying` line, one error line that reports no attempts, all within 2.5 s
+/// (less than the default backoff of one retried request).
 #[test]
 fn unusable_upload_location_fails_fast_without_retrying() {
     let mut problems = Vec::new();

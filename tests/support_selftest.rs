@@ -161,3 +161,182 @@ fn peers_round_trip_with_basic_auth() {
 fn peers_round_trip_with_token_auth() {
     peer_round_trip(RegistryMode::token("dave", "pw"));
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The hostile registry (`hostile.py`): each scenario does what `tests/hostile.rs` relies on, for any client.
+
+/// Sends `raw` on a fresh connection to `port` and reads until the peer closes or `within` has passed.
+fn raw_exchange(port: u16, raw: &str, within: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + within;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the server listens");
+    stream.write_all(raw.as_bytes()).expect("the request is sent");
+    let mut answer = Vec::new();
+    let mut buf = [0; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The baseline: a Basic challenge, credentials checked, manifests stored under their digest, and every
+/// request recorded with its headers and body.
+#[test]
+fn hostile_registry_checks_basic_auth_and_records_requests() {
+    let options = HostileOptions { auth: HostileAuth::basic("eve", "pw"), ..Default::default() };
+    let server = HostileServer::start_with(Scenario::Registry, &options);
+    let anonymous = http_get(&server.url("/v2/"));
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.header("www-authenticate"), Some(r#"Basic realm="x""#));
+    let auth = basic_auth("eve", "pw");
+    let headers = [("Authorization", auth.as_str())];
+    assert_eq!(http_request("GET", &server.url("/v2/"), &headers, None).status, 200);
+    let wrong = basic_auth("eve", "nope");
+    assert_eq!(http_request("GET", &server.url("/v2/"), &[("Authorization", &wrong)], None).status, 401);
+
+    let body = br#"{"schemaVersion":2}"#;
+    let put = http_request("PUT", &server.url("/v2/ns/app/manifests/1"), &headers, Some(body));
+    assert_eq!(put.status, 201);
+    assert_eq!(put.header("docker-content-digest"), Some(sha256_digest(body).as_str()));
+    assert_eq!(http_request("GET", &server.url("/v2/ns/app/manifests/1"), &headers, None).body, body);
+
+    let requests = server.requests();
+    let methods: Vec<&str> = requests.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "GET", "GET", "PUT", "GET"], "{requests:#?}");
+    assert_eq!(requests[0].authorization(), None);
+    assert_eq!(requests[1].authorization(), Some(auth.as_str()));
+    assert_eq!(requests[3].body.as_bytes(), body);
+    assert!(requests.iter().all(|r| !r.tls && r.tunnel.is_empty()), "{requests:#?}");
+}
+
+/// With TLS the port speaks HTTPS and plain HTTP at once, upload `Location`s downgrade to `http://` on the
+/// same port, and the log tells the two apart.
+#[test]
+fn hostile_tls_port_also_hears_plain_http() {
+    let ca = TestCa::new();
+    let options = HostileOptions { tls: Some(&ca), ..Default::default() };
+    let server = HostileServer::start_with(Scenario::PlainHttpLocation, &options);
+    let url = server.url("/v2/ns/app/blobs/uploads/");
+    let post = curl_request(Request::new("POST", &url).ca(Some(&ca.ca_crt)));
+    assert_eq!(post.status, 202, "{post:?}");
+    let location = post.header("location").expect("a Location").to_string();
+    let downgraded = format!("http://{}/v2/ns/app/blobs/uploads/", server.host());
+    assert!(location.starts_with(&downgraded), "{location}");
+    assert_eq!(http_request("PATCH", &location, &[], Some(b"data")).status, 202);
+    let tls: Vec<bool> = server.requests().iter().map(|r| r.tls).collect();
+    assert_eq!(tls, [true, false]);
+}
+
+/// Redirects name the other origin with the same path, and the canned image there is consistent.
+#[test]
+fn hostile_redirects_lead_to_a_consistent_image() {
+    let other = HostileServer::start(Scenario::Registry);
+    let server = HostileServer::start(Scenario::RedirectManifests { to: other.port() });
+    let redirect = http_get(&server.url("/v2/ns/app/manifests/1"));
+    assert_eq!(redirect.status, 307);
+    let location = redirect.header("location").expect("a Location").to_string();
+    assert_eq!(location, other.url("/v2/ns/app/manifests/1"));
+    let manifest = http_get(&location);
+    assert_eq!(manifest.status, 200);
+    assert_eq!(manifest.header("docker-content-digest"), Some(sha256_digest(&manifest.body).as_str()));
+    let config_digest = manifest.json()["config"]["digest"].as_str().expect("a config digest").to_string();
+    let config = http_get(&other.url(&format!("/v2/ns/app/blobs/{config_digest}")));
+    assert_eq!(sha256_digest(&config.body), config_digest);
+
+    let heads = HostileServer::start(Scenario::RedirectBlobHeads { to: other.port() });
+    let head = http_request("HEAD", &heads.url(&format!("/v2/ns/app/blobs/{config_digest}")), &[], None);
+    assert_eq!(head.status, 307);
+}
+
+/// The scenarios that send too much send what they promise.
+#[test]
+fn hostile_oversized_answers_are_what_they_claim() {
+    let big = HostileServer::start(Scenario::BigManifest);
+    let manifest = http_get(&big.url("/v2/ns/big/manifests/1"));
+    assert_eq!(manifest.body.len(), 15 * 1024 * 1024);
+    assert!(manifest.body.starts_with(b"{\"schemaVersion\": 2") && manifest.body.ends_with(b"{}]}"));
+    assert_eq!(manifest.header("content-type"), Some("application/vnd.oci.image.manifest.v1+json"));
+
+    let lists = HostileServer::start(Scenario::HugeLists);
+    let first = http_get(&lists.url("/v2/_catalog?n=100"));
+    assert!((3_900_000..4_400_000).contains(&first.body.len()), "{} bytes", first.body.len());
+    let names = strings(&first.json()["repositories"]);
+    assert_eq!(names.first().map(String::as_str), Some("p00/platform-team/backend-service-name-000000"));
+    let link = first.header("link").expect("a Link to page 2").to_string();
+    let next = link.strip_prefix('<').and_then(|l| l.split_once('>')).expect("<URL>; rel=\"next\"").0;
+    assert!(link.ends_with(r#"rel="next""#), "{link}");
+    assert!(next.contains(&format!("last={}", names.last().expect("names"))), "{link}");
+    let last = http_get(&lists.url("/v2/_catalog?last=p30/platform-team/backend-service-name-086999&n=100"));
+    assert!(last.header("link").is_none(), "page 32 is the last");
+    let tags = strings(&last.json()["repositories"]);
+    assert_eq!(tags.last().map(String::as_str), Some("p31/platform-team/backend-service-name-086999"));
+    let tag_page = http_get(&lists.url("/v2/ns/app/tags/list?n=100"));
+    assert_eq!(tag_page.json()["name"], "ns/app");
+
+    let flaky = HostileServer::start(Scenario::FlakyPing { failures: 2 });
+    let statuses: Vec<u16> = (0..3).map(|_| http_get(&flaky.url("/v2/")).status).collect();
+    assert_eq!(statuses, [503, 503, 200]);
+}
+
+/// Trickling answers send their headers and then about a byte a second; silent ones send nothing; a bad
+/// `Location` comes back verbatim.
+#[test]
+fn hostile_slow_and_broken_answers_are_what_they_claim() {
+    let second = std::time::Duration::from_millis(1500);
+    let trickle = HostileServer::start(Scenario::TricklePing);
+    let answer = raw_exchange(trickle.port(), "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", second);
+    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.contains("Content-Length: 1048576"), "{answer:?}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!((1..=3).contains(&body.len()), "a byte or two in 1.5 s: {body:?}");
+
+    let manifest = HostileServer::start(Scenario::TrickleManifest);
+    assert_eq!(http_get(&manifest.url("/v2/")).status, 200);
+    let answer = raw_exchange(manifest.port(), "GET /v2/ns/app/manifests/1 HTTP/1.1\r\nHost: x\r\n\r\n", second);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+
+    let silent = HostileServer::start(Scenario::Silent);
+    assert_eq!(raw_exchange(silent.port(), "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", second), "");
+    assert_eq!(silent.count("GET", "/v2/"), 1);
+
+    let bad = HostileServer::start(Scenario::BadLocation("http://[::1".to_string()));
+    let post = http_request("POST", &bad.url("/v2/ns/app/blobs/uploads/"), &[], None);
+    assert_eq!((post.status, post.header("location")), (202, Some("http://[::1")));
+}
+
+/// The proxy recorder answers absolute-URI requests with 502, opens CONNECT tunnels and records the
+/// plain-HTTP request inside one with its headers and the tunnel it came through.
+#[test]
+fn hostile_proxy_records_tunneled_requests() {
+    let proxy = HostileServer::start(Scenario::Proxy);
+    let timeout = std::time::Duration::from_secs(10);
+    let direct =
+        raw_exchange(proxy.port(), "GET http://tokens.example/token HTTP/1.1\r\nHost: tokens.example\r\n\r\n", timeout);
+    assert!(direct.starts_with("HTTP/1.1 502 "), "{direct:?}");
+    let tunneled = raw_exchange(
+        proxy.port(),
+        "CONNECT tokens.example:80 HTTP/1.1\r\nHost: tokens.example:80\r\n\r\n\
+         GET /token?scope=x HTTP/1.1\r\nHost: tokens.example\r\nAuthorization: Basic eA==\r\n\r\n",
+        timeout,
+    );
+    assert!(tunneled.starts_with("HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 502 "), "{tunneled:?}");
+
+    let requests = proxy.requests();
+    let seen: Vec<(&str, &str, &str)> =
+        requests.iter().map(|r| (r.method.as_str(), r.path.as_str(), r.tunnel.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET", "http://tokens.example/token", ""),
+            ("CONNECT", "tokens.example:80", ""),
+            ("GET", "/token?scope=x", "tokens.example:80"),
+        ]
+    );
+    assert_eq!(requests[2].authorization(), Some("Basic eA=="));
+}

@@ -175,6 +175,7 @@ class Handler(BaseHTTPRequestHandler):
         # Runs in the connection's thread: a handshake or a peek that stalls blocks only this client.
         self.tls = False
         self.refused = False
+        self.broken = False
         self.tunnel = ""
         state = self.server.state
         try:
@@ -182,11 +183,12 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             first = b""
         if first == b"\x16" and state.tls is not None:
+            self.request = state.tls.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+            self.tls = True
             try:
-                self.request = state.tls.wrap_socket(self.request, server_side=True)
-                self.tls = True
+                self.request.do_handshake()
             except (ssl.SSLError, OSError):
-                self.refused = True
+                self.refused = self.broken = True
         elif first == b"\x16" or not first:
             self.refused = True
         super().setup()
@@ -194,6 +196,8 @@ class Handler(BaseHTTPRequestHandler):
     def handle(self):
         if not self.refused:
             return super().handle()
+        if self.broken:
+            return
         if self.server.state.config.scenario == "silent":
             return self.hold()
         try:
@@ -261,8 +265,10 @@ class Handler(BaseHTTPRequestHandler):
         """A CONNECT opens a tunnel whose plain-HTTP requests are recorded too; everything else gets 502."""
         if self.command == "CONNECT" and not self.tunnel:
             self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.wfile.flush()
             try:
-                first = self.connection.recv(1, socket.MSG_PEEK)
+                # Through rfile: its buffer may already hold the start of the tunnel.
+                first = self.rfile.peek(1)[:1]
             except OSError:
                 first = b""
             # TLS inside the tunnel cannot be read: hang up.
