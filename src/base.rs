@@ -211,7 +211,7 @@ fn for_platform(
         .map_err(|e| Error::protocol(format!("the base {name} has a manifest that is not JSON: {e}")))?;
     let media = probe.media_type.clone().filter(|m| !m.is_empty()).unwrap_or(media);
     let is_index = media.is_index() || (media.is_empty() && probe.manifests.is_some());
-    let (digest, bytes) = if is_index {
+    let (digest, bytes, media) = if is_index {
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| Error::protocol(format!("the base {name} has an invalid index: {e}")))?;
         let entry = pick(&index, platform).ok_or_else(|| {
@@ -227,21 +227,24 @@ fn for_platform(
                 if have.is_empty() { "no platforms listed".to_string() } else { have.join(", ") }
             ))
         })?;
-        let (bytes, _) = docs.manifest(entry.digest.as_str())?;
+        let (bytes, served) = docs.manifest(entry.digest.as_str())?;
         if Digest::of(&bytes) != entry.digest {
             return Err(Error::protocol(format!("the base {name}'s {platform} manifest does not match its digest")));
         }
-        (entry.digest.clone(), bytes)
+        // The entry says what the manifest is (the manifest itself may not: its mediaType is optional).
+        let media = if entry.media_type.is_empty() { served } else { entry.media_type.clone() };
+        (entry.digest.clone(), bytes, media)
     } else {
-        (digest, bytes)
+        (digest, bytes, media)
     };
+    let (digest, bytes, media) = (digest, bytes, media);
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| Error::protocol(format!("the base {name} has an invalid image manifest: {e}")))?;
     let media = if manifest.media_type.is_empty() { media } else { manifest.media_type.clone() };
     if !media.is_image() && !media.is_empty() {
         return Err(Error::usage(format!(
-            "the base {name} is a {media}, which docker-idpb cannot build on (an OCI or Docker image manifest is \
-             needed)"
+            "the base {name} is of type {media}, which docker-idpb cannot build on (an OCI or Docker image \
+             manifest is needed)"
         )));
     }
     let config_bytes = docs.blob(&manifest.config.digest)?;

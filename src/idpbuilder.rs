@@ -51,23 +51,38 @@ pub fn serves(server: &str) -> bool {
 
 /// The Gitea admin credentials from the cluster, or None when neither idpbuilder nor kubectl can give them.
 pub fn gitea_credentials() -> Result<Option<Credential>> {
-    if let Some(out) = run("idpbuilder", &["get", "secrets", "-p", "gitea", "-o", "json"])? {
+    gitea_credentials_within(None, &crate::signal::Cancel::process())
+}
+
+/// [`gitea_credentials`] within `timeout` for both tools together (at most 30 s), stopped by `cancel`.
+pub fn gitea_credentials_within(
+    timeout: Option<std::time::Duration>,
+    cancel: &crate::signal::Cancel,
+) -> Result<Option<Credential>> {
+    let limit = timeout.unwrap_or(crate::credentials::HELPER_TIMEOUT).min(crate::credentials::HELPER_TIMEOUT);
+    let bounds = crate::child::Bounds {
+        deadline: std::time::Instant::now() + limit,
+        max_output: crate::credentials::HELPER_MAX_OUTPUT,
+    };
+    if let Some(out) = run("idpbuilder", &["get", "secrets", "-p", "gitea", "-o", "json"], &bounds, cancel)? {
         return parse_idpbuilder(&out).map(Some);
     }
-    if let Some(out) = run("kubectl", &["get", "secret", "-n", "gitea", "gitea-credential", "-o", "json"])? {
+    if let Some(out) =
+        run("kubectl", &["get", "secret", "-n", "gitea", "gitea-credential", "-o", "json"], &bounds, cancel)?
+    {
         return parse_kubectl(&out).map(Some);
     }
     Ok(None)
 }
 
 /// Runs a tool; None when it is not installed. A failing tool is an error with its first line of stderr.
-fn run(tool: &str, args: &[&str]) -> Result<Option<Vec<u8>>> {
-    let bounds = crate::child::Bounds {
-        deadline: std::time::Instant::now() + crate::credentials::HELPER_TIMEOUT,
-        max_output: crate::credentials::HELPER_MAX_OUTPUT,
-    };
-    let cancel = crate::signal::Cancel::process();
-    let out = match crate::child::run(Command::new(tool).args(args), b"", &bounds, &cancel) {
+fn run(
+    tool: &str,
+    args: &[&str],
+    bounds: &crate::child::Bounds,
+    cancel: &crate::signal::Cancel,
+) -> Result<Option<Vec<u8>>> {
+    let out = match crate::child::run(Command::new(tool).args(args), b"", bounds, cancel) {
         Ok(out) => out,
         Err(crate::child::Failure::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(f) => {

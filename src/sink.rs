@@ -46,36 +46,44 @@ pub enum BlobOutcome {
 }
 
 /// Copies `desc` from `source` into `w`, committing only if the bytes match its digest and size.
-pub fn copy_verified(mut w: Box<dyn BlobWriter + '_>, desc: &Descriptor, source: &mut BlobSource) -> Result<()> {
-    let mut reader = match source.open(&desc.digest) {
-        Ok(r) => r,
+pub fn copy_verified(w: Box<dyn BlobWriter + '_>, desc: &Descriptor, source: &mut BlobSource) -> Result<()> {
+    match source.open(&desc.digest) {
+        Ok(reader) => copy_verified_from(w, &desc.digest, desc.size, reader),
         Err(e) => {
             let _ = w.abort();
-            return Err(e);
-        }
-    };
-    let copied = {
-        let mut hashing = crate::digest::HashingWriter::new(&mut w);
-        std::io::copy(&mut reader, &mut hashing).map(|_| {
-            let (_, digest, size) = hashing.finish();
-            (digest, size)
-        })
-    };
-    match copied {
-        Ok((digest, size)) if digest == desc.digest && size == desc.size => w.commit(&desc.digest, desc.size),
-        Ok((digest, size)) => {
-            let _ = w.abort();
-            Err(crate::error::Error::protocol(format!(
-                "the base blob {} arrived as {size} bytes hashing to {digest} (expected {} bytes); nothing was \
-                 stored",
-                desc.digest, desc.size
-            )))
-        }
-        Err(e) => {
-            let _ = w.abort();
-            Err(crate::layer::sink_error(e))
+            Err(e)
         }
     }
+}
+
+/// Copies at most `size` + 1 bytes of `reader` into `w`, committing only if they are exactly the blob
+/// `digest` of `size` bytes; otherwise the writer is aborted and nothing is stored.
+pub fn copy_verified_from(
+    mut w: Box<dyn BlobWriter + '_>,
+    digest: &Digest,
+    size: u64,
+    reader: impl std::io::Read,
+) -> Result<()> {
+    match copy_checked(&mut w, digest, size, reader) {
+        Ok(()) => w.commit(digest, size),
+        Err(e) => {
+            let _ = w.abort();
+            Err(e)
+        }
+    }
+}
+
+/// Copies `reader` (at most `size` + 1 bytes) into `w` and checks that it was the blob `digest`.
+pub fn copy_checked(w: &mut dyn Write, digest: &Digest, size: u64, reader: impl std::io::Read) -> Result<()> {
+    let mut hashing = crate::digest::HashingWriter::new(w);
+    std::io::copy(&mut reader.take(size.saturating_add(1)), &mut hashing).map_err(crate::layer::sink_error)?;
+    let (_, got, n) = hashing.finish();
+    if got != *digest || n != size {
+        return Err(crate::error::Error::protocol(format!(
+            "the blob {digest} arrived as {n} bytes hashing to {got} (expected {size} bytes); nothing was stored"
+        )));
+    }
+    Ok(())
 }
 
 /// A manifest ready to be stored under one or more names.

@@ -27,6 +27,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let image = args.image_options()?;
     let layer = args.layer_options()?;
     let split = args.split()?;
+    let base_ref = args.base_ref()?;
     let names = names_for(&args.tag, &context_dir)?;
     check_digest_file(args.digest_file.as_deref())?;
     if args.oci_layout.is_some() && args.tar.is_some() {
@@ -38,7 +39,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let mut progress = Progress::new(args.quiet);
     let platform = image.platform.clone().unwrap_or_else(crate::image::Platform::host);
-    let mut base = super::resolve_base(&args, &platform, args.quiet, &mut progress)?;
+    let mut base = super::resolve_base(&args, &base_ref, &platform, args.quiet, &mut progress)?;
     let plan = Plan { context, layer, image, split };
     let cache = args.layer_cache()?;
     let cache = cache.as_ref();

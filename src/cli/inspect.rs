@@ -116,10 +116,19 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let probe: Probe = serde_json::from_slice(&bytes)
         .map_err(|e| Error::protocol(format!("{reference} has a manifest that is not JSON: {e}")))?;
     let media_type = probe.media_type.unwrap_or_else(|| MediaType::new(media_type));
-    let out = if media_type.is_index() {
+    if media_type.is_index() {
         let index: ShownIndex =
             serde_json::from_slice(&bytes).map_err(|e| Error::protocol(format!("{reference}: invalid index: {e}")))?;
-        let mut platforms = Vec::new();
+        drop(bytes);
+        if index.manifests.len() > MAX_PLATFORMS {
+            return Err(Error::protocol(format!(
+                "{reference}: the index lists {} images, more than the {MAX_PLATFORMS} docker-idpb shows",
+                index.manifests.len()
+            )));
+        }
+        // Each platform is fetched, shown and dropped in turn: memory holds one image at a time.
+        let head = json!({"name": reference.to_string(), "digest": digest, "mediaType": media_type});
+        let mut out = Output::start(json, head)?;
         for m in &index.manifests {
             let (mbytes, _) = reg.get_manifest(&repo, m.digest.as_str())?;
             if Digest::of(&mbytes) != m.digest {
@@ -128,21 +137,86 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                     m.digest
                 )));
             }
-            platforms.push(describe_image(&mut reg, &repo, &mbytes, m.platform.as_ref().map(|p| p.to_string()))?);
+            let platform = m.platform.as_ref().map(|p| p.to_string());
+            out.platform(&describe_image(&mut reg, &repo, &mbytes, platform)?)?;
         }
-        json!({"name": reference.to_string(), "digest": digest, "mediaType": media_type, "manifests": platforms})
+        out.finish()
     } else {
         let mut v = describe_image(&mut reg, &repo, &bytes, None)?;
         v["name"] = json!(reference.to_string());
         v["digest"] = json!(digest);
-        v
-    };
-    if json {
-        println!("{out}");
-    } else {
-        print_text(&out, "");
+        if json {
+            println!("{v}");
+        } else {
+            print_text(&v, "");
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The most images of an index `inspect` shows.
+const MAX_PLATFORMS: usize = 256;
+/// The most annotations one descriptor or manifest may carry to be shown.
+const MAX_ANNOTATIONS: usize = 1024;
+
+/// An index's output, written a platform at a time.
+struct Output {
+    json: bool,
+    first: bool,
+}
+
+impl Output {
+    fn start(json: bool, head: Value) -> Result<Output> {
+        if json {
+            let text = head.to_string();
+            // `{...}` without its closing brace, then the list.
+            print!("{},\"manifests\":[", &text[..text.len() - 1]);
+        } else {
+            print_text(&head, "");
+            println!("manifests:");
+        }
+        Ok(Output { json, first: true })
+    }
+
+    fn platform(&mut self, v: &Value) -> Result<()> {
+        if self.json {
+            print!("{}{v}", if self.first { "" } else { "," });
+        } else {
+            println!("  -");
+            print_text(v, "    ");
+        }
+        self.first = false;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.json {
+            println!("]}}");
+        }
+        Ok(())
+    }
+}
+
+/// A string map of at most [`MAX_ANNOTATIONS`] entries: a hostile manifest cannot fill memory with them.
+fn capped<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    struct Capped;
+    impl<'de> serde::de::Visitor<'de> for Capped {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_ANNOTATIONS} annotations")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.len() == MAX_ANNOTATIONS {
+                    return Err(serde::de::Error::custom(format!("more than {MAX_ANNOTATIONS} annotations")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Capped)
 }
 
 // What inspect shows, decoded into lean typed structs: unknown fields are skipped without being kept, so a
@@ -163,7 +237,7 @@ struct ShownDescriptor {
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "capped")]
     annotations: BTreeMap<String, String>,
 }
 
@@ -179,7 +253,7 @@ struct ShownManifest {
     media_type: MediaType,
     config: ShownDescriptor,
     layers: Vec<ShownDescriptor>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "capped")]
     annotations: BTreeMap<String, String>,
 }
 
@@ -222,6 +296,8 @@ fn describe_image(reg: &mut Registry, repo: &str, manifest_bytes: &[u8], platfor
 fn print_text(v: &Value, indent: &str) {
     if let Some(obj) = v.as_object() {
         for (k, val) in obj {
+            // Registry text reaches a terminal: control characters never do.
+            let k = crate::registry::one_line(k);
             match val {
                 Value::Object(m) if m.is_empty() => {}
                 Value::Array(a) if a.is_empty() => {}
@@ -236,11 +312,12 @@ fn print_text(v: &Value, indent: &str) {
                             println!("{indent}  -");
                             print_text(item, &format!("{indent}    "));
                         } else {
-                            println!("{indent}  - {}", item.as_str().map_or_else(|| item.to_string(), str::to_string));
+                            let text = item.as_str().map_or_else(|| item.to_string(), str::to_string);
+                            println!("{indent}  - {}", crate::registry::one_line(&text));
                         }
                     }
                 }
-                Value::String(s) => println!("{indent}{k}: {s}"),
+                Value::String(s) => println!("{indent}{k}: {}", crate::registry::one_line(s)),
                 Value::Null => {}
                 other => println!("{indent}{k}: {other}"),
             }

@@ -566,18 +566,18 @@ pub trait ImageFlags {
 /// TLS options (the base's host may need other credentials than the target's).
 pub(crate) fn resolve_base<A: ImageFlags + RegistryFlags>(
     args: &A,
+    base: &crate::base::BaseRef,
     platform: &Platform,
     quiet: bool,
     progress: &mut crate::progress::Progress,
 ) -> Result<Option<crate::base::Base>> {
-    let base = args.base_ref()?;
-    if base == crate::base::BaseRef::Scratch {
+    if *base == crate::base::BaseRef::Scratch {
         return Ok(None);
     }
     let mut connect = args.connect_options()?;
     connect.quiet = quiet;
     let lookup = args.credential_lookup()?;
-    crate::base::resolve(&base, platform, &mut |host| crate::registry::open(host, &lookup, &connect, progress))
+    crate::base::resolve(base, platform, &mut |host| crate::registry::open(host, &lookup, &connect, progress))
 }
 
 /// The Docker CLI plugin metadata, printed for `docker-cli-plugin-metadata`.

@@ -43,6 +43,7 @@ pub fn run(args: PushArgs) -> Result<()> {
         }
     };
     let lookup = args.credential_lookup()?;
+    let base_ref = args.base_ref()?;
     let (source, default_name) = source(&args)?;
     let names = target_names(&args.tag, default_name.as_deref())?;
     check_digest_file(args.digest_file.as_deref())?;
@@ -62,7 +63,7 @@ pub fn run(args: PushArgs) -> Result<()> {
     let mut base = match &source {
         Source::Context(plan) => {
             let platform = plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host);
-            super::resolve_base(&args, &platform, args.quiet, &mut progress)?
+            super::resolve_base(&args, &base_ref, &platform, args.quiet, &mut progress)?
         }
         Source::Layout { .. } => None,
     };

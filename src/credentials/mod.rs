@@ -478,6 +478,8 @@ pub fn helper_failure(source: &str, server: &str, failure: crate::child::Failure
 /// A helper's possibly multi-line message as one bounded line.
 fn one_line(message: &str) -> String {
     const MAX: usize = 300;
+    // A helper's words never carry terminal escapes to the user's screen.
+    let message: String = message.chars().map(|c| if c.is_control() && c != '\n' { ' ' } else { c }).collect();
     let line = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
     match line.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}...", &line[..cut]),

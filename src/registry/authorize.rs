@@ -66,6 +66,7 @@ enum Scheme {
 }
 
 /// Credentials and tokens for one registry.
+#[derive(Clone)]
 pub struct Authorizer {
     host: String,
     credential: Option<Credential>,

@@ -22,6 +22,8 @@ struct State {
     failed: Option<String>,
     /// The reader is gone, or someone closed the conduit: writes fail.
     closed: bool,
+    /// The writer failed before the other end went away: its error is the cause of whatever followed.
+    writer_failed_first: bool,
 }
 
 struct Shared {
@@ -56,6 +58,7 @@ impl Writer {
     /// Ends the stream with an error the reader will see.
     pub fn fail(self, message: String) {
         let mut st = self.shared.lock();
+        st.writer_failed_first = !st.closed;
         st.failed = Some(message);
         drop(st);
     }
@@ -99,9 +102,9 @@ pub struct Closer {
 }
 
 impl Closer {
-    /// Whether the reading side went away (or someone closed the conduit).
-    pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+    /// Whether the writer failed on its own, before the reading side went away.
+    pub fn writer_failed_first(&self) -> bool {
+        self.shared.lock().writer_failed_first
     }
 
     pub fn close(&self) {
@@ -226,7 +229,15 @@ mod tests {
         let mut r = r.bounded(Duration::from_millis(50), Cancel::new());
         let mut buf = [0u8; 4];
         assert_eq!(r.read(&mut buf).unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let closer = w.closer();
         w.fail("boom".into());
         assert_eq!(r.read(&mut buf).unwrap_err().to_string(), "boom");
+        assert!(closer.writer_failed_first());
+        // A writer that fails because the reader left is not the cause.
+        let (w, r) = conduit(4);
+        let closer = w.closer();
+        drop(r);
+        w.fail("broken pipe".into());
+        assert!(!closer.writer_failed_first());
     }
 }

@@ -97,18 +97,39 @@ pub enum Failure {
     Redirect(String),
 }
 
-/// The exchange layer: an HTTP agent (TLS, proxy, timeouts) and the run's cancellation.
+/// The exchange layer: HTTP agents (TLS, proxy, timeouts) and the run's cancellation. Loopback traffic
+/// never goes through `HTTP(S)_PROXY` (as Go and Docker decide): a loopback registry may get credentials
+/// over plain HTTP, which must not then travel to a proxy.
 #[derive(Clone)]
 pub struct Exchange {
-    agent: Agent,
+    proxied: Agent,
+    direct: Agent,
+    /// The registry's host when it is loopback by resolved address (not recognisable by its name).
+    loopback_host: Option<String>,
     cancel: Cancel,
     /// How long a streamed body may stay silent.
     idle: Duration,
 }
 
 impl Exchange {
-    pub fn new(agent: Agent, cancel: Cancel, idle: Duration) -> Exchange {
-        Exchange { agent, cancel, idle }
+    /// `proxied` honours the proxy variables, `direct` does not.
+    pub fn new(
+        proxied: Agent,
+        direct: Agent,
+        loopback_host: Option<String>,
+        cancel: Cancel,
+        idle: Duration,
+    ) -> Exchange {
+        Exchange { proxied, direct, loopback_host, cancel, idle }
+    }
+
+    fn agent_for(&self, url: &Url) -> Agent {
+        let origin = url.origin();
+        if origin.is_loopback() || self.loopback_host.as_deref() == Some(origin.host.as_str()) {
+            self.direct.clone()
+        } else {
+            self.proxied.clone()
+        }
     }
 
     pub fn cancel(&self) -> &Cancel {
@@ -147,6 +168,11 @@ impl Exchange {
                 .map_err(|e| Failure::Redirect(format!("a redirect to an invalid Location ({e})")))?;
             // 307/308 repeat the request as it was; the others turn anything but GET/HEAD into a GET.
             let keeps_method = matches!(answer.status, 307 | 308) || method == "GET" || method == "HEAD";
+            // A body (a token request's form, a manifest, a chunk) never follows a redirect to another
+            // origin: it may be a secret. Such a redirect is the answer.
+            if keeps_method && !matches!(sent, Body::Empty) && url.origin() != answer.url.origin() {
+                return Ok(answer);
+            }
             (method, body) = if keeps_method { (method, sent) } else { ("GET", Body::Empty) };
         }
     }
@@ -166,7 +192,7 @@ impl Exchange {
             Body::Stream(_, closer, _) => Some(closer.clone()),
             _ => None,
         };
-        let agent = self.agent.clone();
+        let agent = self.agent_for(&url);
         let target = url.to_string();
         let idle = self.idle;
         let cancel = self.cancel.clone();

@@ -95,6 +95,8 @@ pub struct Request<'a> {
     pub limit: usize,
     /// Stream a 2xx answer's body ([`Response::stream`]) instead of reading it.
     pub stream: bool,
+    /// The deadline of an enclosing operation (a chunk's retries), which this request's retries share.
+    pub within: Option<Instant>,
 }
 
 impl<'a> Request<'a> {
@@ -109,7 +111,14 @@ impl<'a> Request<'a> {
             retry: RetryMode::Policy,
             limit: ANSWER_LIMIT,
             stream: false,
+            within: None,
         }
+    }
+
+    /// Part of an operation that must be over by `deadline`.
+    pub fn within(mut self, deadline: Instant) -> Self {
+        self.within = Some(deadline);
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -277,7 +286,7 @@ pub fn registry_error_detail(body: &[u8]) -> String {
         .map(|l| if l.starts_with('<') { strip_tags(l) } else { l.to_string() })
         .find(|l| !l.is_empty())
         .unwrap_or_default();
-    line.chars().take(200).collect()
+    one_line(&line.chars().take(200).collect::<String>())
 }
 
 /// Whitespace runs (newlines included) to one space, at most 300 characters.
@@ -321,7 +330,9 @@ pub struct ConnectOptions {
     pub quiet: bool,
 }
 
-/// A connection to one registry host.
+/// A connection to one registry host. A clone shares the HTTP agents and starts with the same tokens (a
+/// second handle, e.g. to read a blob while writing another).
+#[derive(Clone)]
 pub struct Registry {
     host: String,
     base: Url,
@@ -339,7 +350,7 @@ pub struct Registry {
 pub fn open(host: &str, lookup: &Lookup, opts: &ConnectOptions, progress: &mut Progress) -> Result<Registry> {
     let mut credential = lookup.find(host)?;
     if credential.is_none() && crate::idpbuilder::serves(host) {
-        credential = match crate::idpbuilder::gitea_credentials() {
+        credential = match crate::idpbuilder::gitea_credentials_within(lookup.helper_timeout, &lookup.cancel) {
             Ok(c) => c,
             Err(Error::Cancelled) => return Err(Error::Cancelled),
             Err(e) => {
@@ -364,17 +375,21 @@ impl Registry {
         let tls = opts.tls.config(host, &transport)?;
         // An exchange may take at most a minute, and never longer than the whole retry budget.
         let timeout = opts.request_timeout.unwrap_or(Duration::from_secs(60)).min(opts.retry.budget);
-        let agent: Agent = Agent::config_builder()
-            .http_status_as_error(false)
-            .tls_config(tls)
-            .max_redirects(0)
-            .timeout_connect(Some(timeout.min(Duration::from_secs(15))))
-            .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(timeout))
-            .timeout_send_body(Some(timeout))
-            .user_agent(format!("docker-idpb/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = |proxy: bool| -> Agent {
+            let mut config = Agent::config_builder()
+                .http_status_as_error(false)
+                .tls_config(tls.clone())
+                .max_redirects(0)
+                .timeout_connect(Some(timeout.min(Duration::from_secs(15))))
+                .timeout_recv_response(Some(timeout))
+                .timeout_recv_body(Some(timeout))
+                .timeout_send_body(Some(timeout))
+                .user_agent(format!("docker-idpb/{}", env!("CARGO_PKG_VERSION")));
+            if !proxy {
+                config = config.proxy(None);
+            }
+            config.build().into()
+        };
         let schemes: &[&str] = match transport {
             Transport::Https => &["https"],
             Transport::InsecureHttps => &["https", "http"],
@@ -386,7 +401,13 @@ impl Registry {
         let mut reg = Registry {
             host: host.to_string(),
             base: first.clone(),
-            exchange: Exchange::new(agent, opts.cancel.clone(), timeout),
+            exchange: Exchange::new(
+                agent(true),
+                agent(false),
+                loopback.then(|| first.origin().host.clone()),
+                opts.cancel.clone(),
+                timeout,
+            ),
             auth: Authorizer::new(host, credential, loopback, first.origin().clone()),
             retry: opts.retry.clone(),
             request_timeout: timeout,
@@ -475,6 +496,14 @@ impl Registry {
             }
         };
         let answer = answer.map_err(|e| e.with_attempts(retrier.attempt()))?;
+        if answer.url.origin() != self.base.origin() && answer.status == 401 {
+            return Err(Error::Auth(format!(
+                "{} redirected /v2/ to {} which asks for authentication; docker-idpb sends credentials only to \
+                 the registry itself",
+                self.host,
+                answer.url.origin()
+            )));
+        }
         match answer.status {
             200..=299 => Ok(()),
             401 => {
@@ -522,7 +551,7 @@ impl Registry {
     /// Returns any HTTP answer except 401s it could not get past; the caller decides what the status means.
     pub fn send(&mut self, req: &Request<'_>) -> Result<Response> {
         let url = self.resolve(&req.url)?;
-        let mut retrier = Retrier::start(&self.retry, &SystemClock, None);
+        let mut retrier = Retrier::start(&self.retry, &SystemClock, req.within);
         let mut scopes = req.access.scopes();
         let mut refreshed = false;
         let quiet = self.quiet;
@@ -560,6 +589,11 @@ impl Registry {
                 .run(call, deadline, &mut authorize)
                 .map_err(|f| failure_error(&label, req.what, req.method, url.path(), f));
             match result {
+                // A 401 from anywhere but the registry itself (a redirect's target) teaches nothing: its
+                // challenge could name a realm that collects the user's password.
+                Ok(a) if a.status == 401 && a.url.origin() != self.base.origin() => {
+                    return Ok(Response::from_answer(a, retrier.attempt()));
+                }
                 Ok(a) if a.status == 401 && !refreshed && registry_url => {
                     // First refusal: learn the challenge (and its scope) and authenticate afresh, once.
                     refreshed = true;
@@ -613,7 +647,8 @@ impl Registry {
         let url = self.resolve(&req.url)?;
         let quiet = self.quiet;
         let mut announce_line = |l: &str| announce(quiet, l);
-        let deadline = Instant::now() + self.retry.budget.min(self.request_timeout);
+        let own = Instant::now() + self.retry.budget.min(self.request_timeout);
+        let deadline = req.within.map_or(own, |w| w.min(own));
         let auth = if self.auth.is_registry(&url) {
             let mut ctx =
                 TokenContext { exchange: &self.exchange, policy: &self.retry, deadline, announce: &mut announce_line };
@@ -781,6 +816,12 @@ fn client_error(host: &str, what: &str, e: ureq::Error) -> Error {
             transport(kind, format!("cannot reach {host} ({})", why.to_ascii_lowercase()))
         }
         ureq::Error::BadUri(m) => Error::protocol(format!("{what}: invalid URL at {host}: {}", one_line(&m))),
+        ureq::Error::ConnectProxyFailed(m) => {
+            Error::protocol(format!("{what}: the proxy refused to connect to {host}: {}", one_line(&m)))
+        }
+        ureq::Error::InvalidProxyUrl => Error::usage(
+            "the proxy variable (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) is not a valid URL; fix or unset it",
+        ),
         ureq::Error::Http(h) => Error::protocol(format!("{what}: invalid request to {host}: {h}")),
         ureq::Error::Protocol(p) => Error::protocol(format!("{what}: {host} broke HTTP: {p}")),
         ureq::Error::LargeResponseHeader(..) => Error::protocol(format!("{what}: {host} sent oversized headers")),

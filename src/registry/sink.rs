@@ -13,7 +13,7 @@ use std::cell::Cell;
 use super::upload::Upload;
 use super::{Access, MANIFEST_ACCEPT, MANIFEST_LIMIT, Registry, Request};
 use crate::base::BlobSource;
-use crate::digest::{Digest, HashingWriter};
+use crate::digest::Digest;
 use crate::error::{Error, Restart, Result};
 use crate::image::Descriptor;
 use crate::reference::Reference;
@@ -222,18 +222,10 @@ impl Sink for RegistrySink {
             self.report.blobs_mounted.push(format!("{first}@{}", desc.digest));
             return Ok(BlobOutcome::Mounted);
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let RegistrySink { registry, chunk, .. } = self;
-            let upload = Upload::start(registry, &first, chunk)?;
-            match crate::sink::copy_verified(Box::new(upload), desc, source) {
-                Err(Error::Restart(Restart::UploadLost(_))) if attempt < 5 => continue,
-                Err(Error::Restart(r)) => return Err(Error::protocol(r.reason().to_string())),
-                other => other?,
-            }
-            break;
-        }
+        let digest = desc.digest.clone();
+        let mut open = || source.open(&digest);
+        let RegistrySink { registry, chunk, chunked_refused, .. } = self;
+        copy_into(registry, &first, &desc.digest, desc.size, chunk, chunked_refused, &mut open)?;
         self.present.insert(desc.digest.clone());
         self.report.blobs_uploaded.push(desc.digest.to_string());
         self.report.bytes_uploaded += desc.size;
@@ -257,8 +249,13 @@ impl Sink for RegistrySink {
                     self.report.blobs_mounted.push(format!("{repo}@{d}"));
                     continue;
                 }
-                // Refused: copy it over, streamed from the repository that has it.
-                self.registry.copy_blob(&from, &repo, &d, size, &self.chunk)?;
+                // Refused: copy it over, streamed from the repository that has it (a second handle reads).
+                let mut reader = self.registry.clone();
+                let mut open = || -> Result<Box<dyn std::io::Read + Send>> {
+                    Ok(Box::new(reader.open_blob(&from, &d)?) as Box<dyn std::io::Read + Send>)
+                };
+                let RegistrySink { registry, chunk, chunked_refused, .. } = self;
+                copy_into(registry, &repo, &d, size, chunk, chunked_refused, &mut open)?;
                 self.report.blobs_uploaded.push(d.to_string());
                 self.report.bytes_uploaded += size;
             }
@@ -308,35 +305,6 @@ impl Registry {
             }
             401 | 403 => Ok(false),
             _ => Err(self.status_error(&req, &resp)),
-        }
-    }
-
-    /// Copies a blob between two repositories of this registry: GET streamed into a chunked upload,
-    /// its digest and size checked on the way (a mismatch aborts the upload session).
-    pub fn copy_blob(&mut self, from: &str, to: &str, digest: &Digest, size: u64, chunk: &Cell<usize>) -> Result<()> {
-        let mut source = self.open_blob(from, digest)?;
-        let mut upload = Upload::start(self, to, chunk)?;
-        let copied = {
-            let mut hashing = HashingWriter::new(&mut upload);
-            std::io::copy(&mut source, &mut hashing).map(|_| {
-                let (_, got, n) = hashing.finish();
-                (got, n)
-            })
-        };
-        let host = upload_host(&upload);
-        match copied {
-            Ok((got, n)) if got == *digest && n == size => Box::new(upload).commit(digest, size),
-            Ok((got, n)) => {
-                let _ = Box::new(upload).abort();
-                Err(Error::protocol(format!(
-                    "{host} sent {n} bytes for {from}@{digest} that hash to {got} (expected {size} bytes); nothing \
-                     was stored"
-                )))
-            }
-            Err(e) => {
-                let _ = Box::new(upload).abort();
-                Err(crate::layer::sink_error(e))
-            }
         }
     }
 
@@ -399,6 +367,37 @@ impl Registry {
     }
 }
 
-fn upload_host(u: &Upload<'_>) -> String {
-    u.host().to_string()
+/// Opens a blob's bytes, again for every attempt.
+pub type Opener<'a> = dyn FnMut() -> Result<Box<dyn std::io::Read + Send>> + Send + 'a;
+
+/// Uploads the blob `digest` of `size` bytes into `repo`, reading it from `open`, verified on the way:
+/// chunked (again from the first byte if the session is lost), or as one PUT when the registry refuses
+/// chunked uploads (remembered in `chunked_refused`). Restart signals never escape.
+pub fn copy_into(
+    registry: &mut Registry,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    chunk: &Cell<usize>,
+    chunked_refused: &mut bool,
+    open: &mut Opener<'_>,
+) -> Result<()> {
+    let mut attempt = 0;
+    while !*chunked_refused {
+        attempt += 1;
+        let reader = open()?;
+        let upload = Upload::start(registry, repo, chunk)?;
+        match crate::sink::copy_verified_from(Box::new(upload), digest, size, reader) {
+            Err(Error::Restart(Restart::UploadLost(_))) if attempt < 5 => {}
+            Err(Error::Restart(Restart::ChunkedRefused(_))) => *chunked_refused = true,
+            Err(Error::Restart(r)) => return Err(Error::protocol(format!("{}; giving up", r.reason()))),
+            other => return other,
+        }
+    }
+    let open = std::sync::Mutex::new(open);
+    let produce = |w: &mut dyn std::io::Write| -> Result<()> {
+        let reader = (open.lock().map_err(|_| Error::protocol("the blob source failed"))?)()?;
+        crate::sink::copy_checked(w, digest, size, reader)
+    };
+    super::upload::put_monolithic(registry, repo, digest, size, &produce)
 }

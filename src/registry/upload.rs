@@ -50,10 +50,11 @@ pub struct Upload<'r> {
 }
 
 /// Opens an upload session in `repo`; returns its Location and the POST's answer.
-fn open_session(reg: &mut Registry, repo: &str) -> Result<(String, Response)> {
-    let req = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
+fn open_session(reg: &mut Registry, repo: &str, within: Option<std::time::Instant>) -> Result<(String, Response)> {
+    let mut req = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
         .push(repo)
         .header("Content-Length", "0");
+    req.within = within;
     let resp = reg.send(&req)?;
     if resp.status != 202 {
         return Err(reg.status_error(&req, &resp));
@@ -100,7 +101,7 @@ fn lost(resp: &Response) -> Error {
 impl<'r> Upload<'r> {
     /// Opens an upload session in `repo`.
     pub fn start(reg: &'r mut Registry, repo: &str, chunk: &'r std::cell::Cell<usize>) -> Result<Upload<'r>> {
-        let (location, resp) = open_session(reg, repo)?;
+        let (location, resp) = open_session(reg, repo, None)?;
         // Honoured up to a cap: a registry must not be able to make us buffer without bound.
         let min_chunk = resp
             .header("oci-chunk-min-length")
@@ -143,7 +144,8 @@ impl<'r> Upload<'r> {
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", format!("{}-{end}", self.acked))
                 .shared_body(Arc::clone(&data), start..start + n)
-                .once();
+                .once()
+                .within(retrier.deadline());
             let pending = data.len() - start;
             match self.reg.send(&req) {
                 Ok(resp) if matches!(resp.status, 202 | 201 | 204) => {
@@ -169,7 +171,7 @@ impl<'r> Upload<'r> {
                     self.chunk.set(smaller);
                     // A 416 can also mean we are out of step; the resync settles which.
                     if resp.status == 416 {
-                        start += self.resync(pending)?;
+                        start += self.resync(pending, retrier.deadline())?;
                     }
                 }
                 Ok(resp) if matches!(resp.status, 405 | 501) => {
@@ -189,14 +191,14 @@ impl<'r> Upload<'r> {
                         let attempts = retrier.attempt();
                         return Err(self.reg.status_error(&req, &Response { attempts, ..resp }));
                     }
-                    start += self.resync(pending)?;
+                    start += self.resync(pending, retrier.deadline())?;
                 }
                 Err(e) if e.is_transient() => {
                     let reg: &Registry = self.reg;
                     if !retrier.again(&e.to_string(), None, reg.cancel(), &mut |l| reg.announce(l))? {
                         return Err(e.with_attempts(retrier.attempt()));
                     }
-                    start += self.resync(pending)?;
+                    start += self.resync(pending, retrier.deadline())?;
                 }
                 Ok(resp) => return Err(self.reg.status_error(&req, &resp)),
                 Err(e) => return Err(e),
@@ -210,8 +212,8 @@ impl<'r> Upload<'r> {
 
     /// Asks the session how many bytes it has; returns how many of the `pending` unacknowledged bytes it
     /// already stored (to be skipped).
-    fn resync(&mut self, pending: usize) -> Result<usize> {
-        let req = Request::new("GET", self.location.clone(), "check upload status").push(&self.repo);
+    fn resync(&mut self, pending: usize, within: std::time::Instant) -> Result<usize> {
+        let req = Request::new("GET", self.location.clone(), "check upload status").push(&self.repo).within(within);
         let resp = self.reg.send(&req)?;
         if resp.status == 404 {
             return Err(lost(&resp));
@@ -289,11 +291,12 @@ pub fn put_monolithic(
     let policy = reg.retry_policy().clone();
     let mut retrier = Retrier::start(&policy, &SystemClock, None);
     loop {
-        let (location, _) = open_session(reg, repo)?;
+        let (location, _) = open_session(reg, repo, Some(retrier.deadline()))?;
         let url = reg.resolve(&location)?.with_query("digest", digest.as_str());
         let req = Request::new("PUT", url.to_string(), "upload blob in one request")
             .push(repo)
-            .header("Content-Type", "application/octet-stream");
+            .header("Content-Type", "application/octet-stream")
+            .within(retrier.deadline());
         let (writer, reader) = conduit::conduit(STREAM_BUFFER);
         let closer = writer.closer();
         let watch = writer.closer();
@@ -312,13 +315,13 @@ pub fn put_monolithic(
             (sent, produced)
         });
         // Whose failure is it? The producer's own, unless it only saw the request go away.
-        let consumer_left = watch.is_closed();
+        let producer_first = watch.writer_failed_first();
         match (&sent, &produced) {
             (_, Err(Error::Cancelled)) | (Err(Error::Cancelled), _) => {
                 let _ = reg.delete_session(&location, repo);
                 return Err(Error::Cancelled);
             }
-            (_, Err(_)) if !consumer_left || sent.as_ref().is_ok_and(Response::ok) => {
+            (_, Err(_)) if producer_first || sent.as_ref().is_ok_and(Response::ok) => {
                 let _ = reg.delete_session(&location, repo);
                 return produced;
             }

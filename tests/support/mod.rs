@@ -11,6 +11,7 @@
 //! script beside this file, so the crate gains no dependency for its tests.
 //!
 //! Map: [`process`] runs the binary in an isolated environment, [`http`] talks to servers directly,
+//! [`bases`] makes base images with umoci (busybox, merged-usr) and runs a private Docker engine,
 //! [`tls`] makes the test CA, [`registry`] starts registries and the token server, [`hostile`] plays a
 //! misbehaving registry (or proxy) and records what it was sent, [`peers`] wraps skopeo and umoci,
 //! [`context`] builds a build context full of edge cases, [`tree`] compares directory trees and
@@ -19,6 +20,7 @@
 // Each test file uses a different subset of the fixtures.
 #![allow(dead_code)]
 
+pub mod bases;
 pub mod context;
 pub mod faults;
 pub mod hostile;
@@ -31,6 +33,12 @@ pub mod results;
 pub mod tls;
 pub mod tree;
 
+#[allow(unused_imports)]
+pub use bases::{
+    BASE_APPLETS, BASE_CMD, BASE_ENTRYPOINT, BASE_TAG, BUSYBOX, BUSYBOX_BASE_PATH, DockerEngine, MERGED_USR_BASE_PATH,
+    add_platform_index, busybox_base, layout_blob_json, layout_manifest, merged_usr_base, retag_architecture,
+    store_base_index, store_base_oci, store_base_v2s2, tagged,
+};
 #[allow(unused_imports)]
 pub use context::{RANDOM_FILE_SIZE, make_rich_context, make_small_context, pseudo_random_bytes, write_file};
 #[allow(unused_imports)]
