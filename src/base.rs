@@ -7,7 +7,10 @@
 //! descriptors (media type, digest, size, urls, annotations: copied, never recompressed), its schema (OCI or
 //! Docker schema 2, which our manifest keeps), its config, and a [`BlobSource`] from which the sink can
 //! fetch the blobs it lacks, or which tells a registry sink where to mount them from. Registry JSON is read
-//! through the registry client's limits (4 MiB) and checked against its digest.
+//! through the registry client's limits (4 MiB) and checked against its digest. Manifests, indexes and
+//! configs read by digest are cached in the local store (`$IDPB_HOME/cache/doc-HEX`, checked against the
+//! digest when read back), and the base registry is connected to only when something is not cached: with
+//! a `@sha256:` reference, a cached base and its blobs already in the store, `build` needs no network.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -63,9 +66,32 @@ impl BaseRef {
     }
 }
 
+/// Connects to a registry host (with its credentials and TLS) when first needed.
+pub type Connect = Box<dyn FnMut(&str) -> Result<Registry> + Send>;
+
+/// A registry repository, connected to on first use.
+pub struct RemoteRepository {
+    host: String,
+    repository: String,
+    connect: Connect,
+    registry: Option<Box<Registry>>,
+}
+
+impl RemoteRepository {
+    fn registry(&mut self) -> Result<&mut Registry> {
+        if self.registry.is_none() {
+            self.registry = Some(Box::new((self.connect)(&self.host)?));
+        }
+        match self.registry.as_deref_mut() {
+            Some(r) => Ok(r),
+            None => Err(Error::protocol(format!("cannot connect to {}", self.host))),
+        }
+    }
+}
+
 /// Where a base's blobs can be read from.
 pub enum BlobSource {
-    Registry { registry: Box<Registry>, repository: String },
+    Registry(RemoteRepository),
     Layout(Layout),
 }
 
@@ -73,8 +99,9 @@ impl BlobSource {
     /// The base blob `digest` as a stream (its digest is checked by whoever copies it).
     pub fn open(&mut self, digest: &Digest) -> Result<Box<dyn Read + Send>> {
         match self {
-            BlobSource::Registry { registry, repository } => {
-                Ok(Box::new(registry.open_blob(repository, digest)?) as Box<dyn Read + Send>)
+            BlobSource::Registry(remote) => {
+                let repository = remote.repository.clone();
+                Ok(Box::new(remote.registry()?.open_blob(&repository, digest)?) as Box<dyn Read + Send>)
             }
             BlobSource::Layout(layout) => Ok(Box::new(layout.open_blob(digest)?)),
         }
@@ -83,7 +110,7 @@ impl BlobSource {
     /// `(host, repository)` of a registry source: a sink on that host can mount instead of copying.
     pub fn mount_point(&self) -> Option<(&str, &str)> {
         match self {
-            BlobSource::Registry { registry, repository } => Some((registry.host(), repository.as_str())),
+            BlobSource::Registry(remote) => Some((remote.host.as_str(), remote.repository.as_str())),
             BlobSource::Layout(_) => None,
         }
     }
@@ -119,39 +146,81 @@ trait Documents {
     fn blob(&mut self, digest: &Digest) -> Result<Vec<u8>>;
 }
 
+/// A registry repository's documents, from the local cache when asked by digest.
 struct FromRegistry<'a> {
-    registry: &'a mut Registry,
-    repository: &'a str,
+    remote: &'a mut RemoteRepository,
+    cache: Option<&'a std::path::Path>,
+}
+
+impl FromRegistry<'_> {
+    fn cached(&self, reference: &str) -> Option<Vec<u8>> {
+        let digest: Digest = reference.parse().ok()?;
+        let bytes = std::fs::read(self.cache?.join(format!("doc-{}", digest.hex()))).ok()?;
+        (Digest::of(&bytes) == digest).then_some(bytes)
+    }
+
+    fn keep(&self, bytes: &[u8]) {
+        let Some(dir) = self.cache else { return };
+        let digest = Digest::of(bytes);
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let tmp = dir.join(format!(".tmp-doc-{}-{}", std::process::id(), digest.hex()));
+        if std::fs::write(&tmp, bytes).is_ok()
+            && std::fs::rename(&tmp, dir.join(format!("doc-{}", digest.hex()))).is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
 }
 
 impl Documents for FromRegistry<'_> {
     fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, MediaType)> {
-        let (bytes, media) = self.registry.get_manifest(self.repository, reference)?;
+        if let Some(bytes) = self.cached(reference) {
+            return Ok((bytes, MediaType::default()));
+        }
+        let repository = self.remote.repository.clone();
+        let (bytes, media) = self.remote.registry()?.get_manifest(&repository, reference)?;
+        if reference.starts_with("sha256:") {
+            self.keep(&bytes);
+        }
         Ok((bytes, MediaType::new(media.split(';').next().unwrap_or_default().trim())))
     }
     fn blob(&mut self, digest: &Digest) -> Result<Vec<u8>> {
-        self.registry.get_blob(self.repository, digest)
+        if let Some(bytes) = self.cached(digest.as_str()) {
+            return Ok(bytes);
+        }
+        let repository = self.remote.repository.clone();
+        let bytes = self.remote.registry()?.get_blob(&repository, digest)?;
+        self.keep(&bytes);
+        Ok(bytes)
     }
 }
 
-/// Resolves `base` for `platform`. `connect` opens the base registry (with its own credentials and TLS).
+/// Resolves `base` for `platform`. `connect` opens the base registry (with its own credentials and TLS)
+/// when something is not in `cache` (the local store's cache directory).
 pub fn resolve(
     base: &BaseRef,
     platform: &Platform,
-    connect: &mut dyn FnMut(&str) -> Result<Registry>,
+    cache: Option<&std::path::Path>,
+    connect: Connect,
 ) -> Result<Option<Base>> {
     match base {
         BaseRef::Scratch => Ok(None),
         BaseRef::Registry(r) => {
-            let mut registry = connect(r.api_host())?;
+            let mut remote = RemoteRepository {
+                host: r.api_host().to_string(),
+                repository: r.repository.clone(),
+                connect,
+                registry: None,
+            };
             let wanted = r.digest.clone().unwrap_or_else(|| r.tag_or_latest().to_string());
             let name = r.full_name();
             let (digest, manifest, config) = {
-                let mut docs = FromRegistry { registry: &mut registry, repository: &r.repository };
+                let mut docs = FromRegistry { remote: &mut remote, cache };
                 for_platform(&mut docs, &wanted, r.digest.as_deref(), platform, &name)?
             };
-            let source = BlobSource::Registry { registry: Box::new(registry), repository: r.repository.clone() };
-            Ok(Some(Base { name, digest, manifest, config, source }))
+            Ok(Some(Base { name, digest, manifest, config, source: BlobSource::Registry(remote) }))
         }
         BaseRef::Layout { dir, tag } => {
             let layout = Layout::open(dir)?;

@@ -634,3 +634,25 @@ fn push_validates_base_before_contacting_any_registry() {
     cmd.arg("push").arg(&ctx).args(["-t", &unreachable, "--base", "Bad Name", "-q", "--retries", "0"]);
     assert_clean_error(&cmd.run(), 2, &["--base", "Bad Name"]);
 }
+
+/// A base named by digest is cached in the local store (manifest, config, layer headers; its blobs are in
+/// the store after the first build): the second build into the store needs no network at all, so it
+/// succeeds with the base registry gone, and gives the same digest.
+#[test]
+fn a_digest_base_in_the_store_builds_without_network() {
+    let tmp = TempDir::new("base-offline");
+    let registry = Registry::start(RegistryMode::Http);
+    let layout = busybox_base(&tmp.join("base-layout"));
+    let base_digest = store_base_oci(&layout, BASE_TAG, &registry, "base/busybox:oci");
+    let base_ref = format!("{}@{base_digest}", registry.reference("base/busybox"));
+    let ctx = app_context(&tmp);
+    let home = tmp.subdir("idpb-home");
+
+    let first = build_command(&ctx, "app:1", &base_ref, &[]).env("IDPB_HOME", &home).run();
+    first.assert_success();
+    drop(registry);
+    let second = build_command(&ctx, "app:2", &base_ref, &["--retries", "0"]).env("IDPB_HOME", &home).run();
+    second.assert_success();
+    let digest = |o: &Output| built_lines(o).first().map(|l| l.1.clone()).unwrap_or_default();
+    assert_eq!(digest(&first), digest(&second), "{first}\n{second}");
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{BuildArgs, ImageFlags, store_dir};
+use super::{BuildArgs, ImageFlags, RegistryFlags, store_dir};
 use crate::error::{Error, Result};
 use crate::layout::{LayoutSink, TarSink};
 use crate::pipeline::{self, Built, Plan};
@@ -39,7 +39,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let mut progress = Progress::new(args.quiet);
     let platform = image.platform.clone().unwrap_or_else(crate::image::Platform::host);
-    let mut base = super::resolve_base(&args, &base_ref, &platform, args.quiet, &mut progress)?;
+    let lookup = args.credential_lookup()?;
+    let mut base = super::resolve_base(&args, &base_ref, &platform, args.quiet, &lookup)?;
     let plan = Plan { context, layer, image, split };
     let cache = args.layer_cache()?;
     let cache = cache.as_ref();

@@ -569,15 +569,19 @@ pub(crate) fn resolve_base<A: ImageFlags + RegistryFlags>(
     base: &crate::base::BaseRef,
     platform: &Platform,
     quiet: bool,
-    progress: &mut crate::progress::Progress,
+    lookup: &crate::credentials::Lookup,
 ) -> Result<Option<crate::base::Base>> {
     if *base == crate::base::BaseRef::Scratch {
         return Ok(None);
     }
     let mut connect = args.connect_options()?;
     connect.quiet = quiet;
-    let lookup = args.credential_lookup()?;
-    crate::base::resolve(base, platform, &mut |host| crate::registry::open(host, &lookup, &connect, progress))
+    let lookup = lookup.clone();
+    let opener: crate::base::Connect = Box::new(move |host: &str| {
+        crate::registry::open(host, &lookup, &connect, &mut crate::progress::Progress::new(quiet))
+    });
+    let cache = store_dir().ok().map(|d| d.join("cache"));
+    crate::base::resolve(base, platform, cache.as_deref(), opener)
 }
 
 /// The Docker CLI plugin metadata, printed for `docker-cli-plugin-metadata`.

@@ -63,7 +63,7 @@ pub fn run(args: PushArgs) -> Result<()> {
     let mut base = match &source {
         Source::Context(plan) => {
             let platform = plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host);
-            super::resolve_base(&args, &base_ref, &platform, args.quiet, &mut progress)?
+            super::resolve_base(&args, &base_ref, &platform, args.quiet, &lookup)?
         }
         Source::Layout { .. } => None,
     };
