@@ -177,3 +177,26 @@ fn merged_usr_base_keeps_its_symlinks_and_modes() {
     assert_eq!(tmp_mode, 0o1777, "/tmp keeps the base's mode");
     assert_eq!(fs::read(rootfs.join("tmp/seed")).expect("seed"), b"x");
 }
+
+/// A layer pushed in an earlier run to one repository is mounted, not sent again, when the same context
+/// is pushed to another repository of that registry (the store remembers where each blob went).
+#[test]
+fn a_later_push_to_another_repository_mounts_what_an_earlier_run_sent() {
+    let registry = Registry::start(RegistryMode::Http);
+    let tmp = TempDir::new("layers-homes");
+    let ctx = three_part_context(&tmp);
+    let home = tmp.subdir("idpb-home");
+    let first = push_json(&ctx, &registry.reference("team/one:1"), &[], Some(&home));
+    let layers = layer_digests(&first);
+    let puts_before = registry.count_requests("PUT", "/blobs/uploads/");
+
+    let second = push_json(&ctx, &registry.reference("team/two:1"), &[], Some(&home));
+    assert_eq!(layer_digests(&second), layers, "{second}");
+    let mounted = strings(&second["sent"]["blobs_mounted"]);
+    for l in &layers {
+        assert!(mounted.contains(&format!("team/two@{l}")), "{l} mounted: {second}");
+    }
+    assert_eq!(second["sent"]["bytes_uploaded"], 0, "nothing sent again: {second}");
+    assert_eq!(registry.count_requests("PUT", "/blobs/uploads/"), puts_before, "{:?}", registry.requests());
+    assert_pulls_as(&registry, "team/two:1", &ctx, &[], &tmp);
+}

@@ -68,6 +68,11 @@ pub fn run(args: PushArgs) -> Result<()> {
         Source::Layout { .. } => None,
     };
     let cache = args.layer_cache()?;
+    if let Some(cache) = &cache {
+        for sink in &mut sinks {
+            sink.remember_blobs_in(cache.dir());
+        }
+    }
     let result = crate::registry::sink::with_targets(&mut sinks, |sink| {
         push_into(&source, base.as_mut(), sink, &names, &mut progress, cache.as_ref())
     });

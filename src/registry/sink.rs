@@ -35,6 +35,64 @@ pub struct RegistrySink {
     pub pushed: Vec<(Reference, std::result::Result<Digest, String>)>,
     /// The registry refused a chunked upload: later blobs go straight to one PUT each.
     chunked_refused: bool,
+    /// Which repositories of this registry received which blobs in earlier runs, to mount from.
+    homes: Option<BlobHomes>,
+}
+
+/// Which repositories of one registry hold which blobs, remembered across runs in the local store (as
+/// Docker's engine remembers where it pushed a layer), so a layer pushed before to another repository of
+/// the same registry is mounted instead of sent again. A stale entry costs one refused mount.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct BlobHomes {
+    #[serde(skip)]
+    path: std::path::PathBuf,
+    #[serde(default)]
+    blobs: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Repositories remembered per blob, and blobs per registry (the oldest are forgotten first).
+const HOMES_PER_BLOB: usize = 4;
+const HOMES_BLOBS: usize = 20_000;
+
+impl BlobHomes {
+    fn load(dir: &std::path::Path, host: &str) -> BlobHomes {
+        use sha2::Digest as _;
+        let name = hex::encode(sha2::Sha256::digest(host.as_bytes()));
+        let path = dir.join(format!("homes-{}.json", &name[..16]));
+        let read = std::fs::File::open(&path).ok().and_then(|f| {
+            // Bounded: a damaged or huge file is just forgotten.
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 16 * 1024 * 1024), &mut bytes).ok()?;
+            serde_json::from_slice::<BlobHomes>(&bytes).ok()
+        });
+        BlobHomes { path, ..read.unwrap_or_default() }
+    }
+
+    fn repos(&self, digest: &Digest) -> Vec<String> {
+        self.blobs.get(digest.as_str()).cloned().unwrap_or_default()
+    }
+
+    fn remember(&mut self, digest: &Digest, repo: &str) {
+        if self.blobs.len() >= HOMES_BLOBS && !self.blobs.contains_key(digest.as_str()) {
+            return;
+        }
+        let repos = self.blobs.entry(digest.to_string()).or_default();
+        repos.retain(|r| r != repo);
+        repos.insert(0, repo.to_string());
+        repos.truncate(HOMES_PER_BLOB);
+    }
+
+    fn save(&self) {
+        let Some(dir) = self.path.parent() else { return };
+        let Ok(bytes) = serde_json::to_vec(self) else { return };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
+        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, &self.path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
 }
 
 /// What a push sent over the network.
@@ -112,6 +170,19 @@ impl RegistrySink {
             report: PushReport::default(),
             pushed: Vec::new(),
             chunked_refused: false,
+            homes: None,
+        }
+    }
+
+    /// Remembers (in `dir`, the local store's cache) which repositories received which blobs, and mounts
+    /// from them in later runs.
+    pub fn remember_blobs_in(&mut self, dir: &std::path::Path) {
+        self.homes = Some(BlobHomes::load(dir, self.registry.host()));
+    }
+
+    fn remember(&mut self, digest: &Digest, repo: &str) {
+        if let Some(h) = &mut self.homes {
+            h.remember(digest, repo);
         }
     }
 }
@@ -166,12 +237,38 @@ impl Sink for RegistrySink {
             return Ok(true);
         }
         let first = self.repos[0].clone();
-        if !self.registry.blob_exists(&first, digest)? {
-            return Ok(false);
+        if self.registry.blob_exists(&first, digest)? {
+            self.present.insert(digest.clone());
+            self.report.blobs_skipped.push(digest.to_string());
+            self.remember(digest, &first);
+            return Ok(true);
         }
-        self.present.insert(digest.clone());
-        self.report.blobs_skipped.push(digest.to_string());
-        Ok(true)
+        // Pushed to another repository of this registry before: mount it from there.
+        let known = self.homes.as_ref().map(|h| h.repos(digest)).unwrap_or_default();
+        for from in known.iter().filter(|r| **r != first).take(2) {
+            if self.registry.mount(&first, from, digest)? {
+                self.present.insert(digest.clone());
+                self.report.blobs_mounted.push(format!("{first}@{digest}"));
+                self.remember(digest, &first);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        // Every blob of this run is in every repository it pushed to.
+        let repos = self.repos.clone();
+        let present: Vec<Digest> = self.present.iter().cloned().collect();
+        for d in &present {
+            for r in &repos {
+                self.remember(d, r);
+            }
+        }
+        if let Some(h) = &self.homes {
+            h.save();
+        }
+        Ok(())
     }
 
     fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
