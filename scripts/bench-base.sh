@@ -14,6 +14,8 @@
 #       docker-idpb: `push SMALL_CTX --base A/bench/base:1 -t B/bench/app:N` (fresh registry B and fresh
 #         $IDPB_HOME each run: every base blob is streamed A -> B, verified, plus our tiny layer);
 #       skopeo: `skopeo copy docker://A/bench/base:1 docker://B/bench/skopeo:N` (fresh registry B).
+#       and again with a context holding a directory (app/hello.txt), whose first build on a base also reads
+#       the base layers' tar headers once (to follow the base's directory symlinks), in parallel with the copy.
 #     Reported: wall, CPU and peak RSS.
 #
 #   scripts/bench-base.sh                     # builds target/release/docker-idpb first
@@ -53,7 +55,7 @@ blob_puts_since() { bench_blob_puts "$1" "$2"; }
 # A private copy of the context whose src/ we may touch.
 ctx=$work/ctx
 cp -a "$context" "$ctx"
-victim=$(find "$ctx/src" -type f | sort | head -n 1)
+victim=$(find "$ctx/src" -type f | sort | awk "NR == 1")
 
 # ---------------------------------------------------------------------------------------------------------
 # A. Re-push after a one-file change.
@@ -93,13 +95,19 @@ done
 small=$work/small
 mkdir -p "$small"
 echo "hello from a tiny app" >"$small/hello.txt"
+withdir=$work/withdir
+mkdir -p "$withdir/app"
+echo "hello from a tiny app" >"$withdir/app/hello.txt"
 : >"$work/b-idpb.txt"
+: >"$work/b-idpbdir.txt"
 : >"$work/b-skopeo.txt"
 for ((i = 1; i <= RUNS; i++)); do
     bench_registry_start "$work/reg-b$i"
     rb=127.0.0.1:$(<"$work/reg-b$i/port")
     bench_time "$work/b-idpb.txt" "$work/b-idpb-$i.log" env IDPB_HOME="$work/home-b$i" \
         "$idpb" push "$small" --base "$ra/bench/base:1" -t "$rb/bench/app:$i" -q --format json
+    bench_time "$work/b-idpbdir.txt" "$work/b-idpbdir-$i.log" env IDPB_HOME="$work/home-d$i" \
+        "$idpb" push "$withdir" --base "$ra/bench/base:1" -t "$rb/bench/appdir:$i" -q --format json
     bench_time "$work/b-skopeo.txt" "$work/b-skopeo-$i.log" skopeo copy --src-tls-verify=false \
         --dest-tls-verify=false "docker://$ra/bench/base:1" "docker://$rb/bench/skopeo:$i"
     bench_registry_stop "$work/reg-b$i"
@@ -131,9 +139,13 @@ base_bytes=$("$CRANE" manifest --insecure "$ra/bench/base:1" | jq '[.layers[].si
     echo
     echo "| tool | wall s | CPU s (user+sys) | peak RSS MiB | MiB/s |"
     echo "| --- | ---: | ---: | ---: | ---: |"
-    for tool in idpb skopeo; do
+    for tool in idpb idpbdir skopeo; do
         read -ra s <<<"$(bench_stats "$work/b-$tool.txt")"
-        label=$([[ $tool == idpb ]] && echo "docker-idpb push --base (cold cache)" || echo "skopeo copy")
+        case $tool in
+        idpb) label="docker-idpb push --base (a file; cold cache)" ;;
+        idpbdir) label="docker-idpb push --base (a directory: + one-time header scan)" ;;
+        *) label="skopeo copy" ;;
+        esac
         awk -v l="$label" -v wm="${s[0]}" -v w0="${s[1]}" -v w1="${s[2]}" -v cm="${s[3]}" -v rm="${s[6]}" \
             -v r0="${s[7]}" -v r1="${s[8]}" -v b="$base_bytes" \
             'BEGIN { printf "| %s | %.2f (%.2f–%.2f) | %.2f | %.1f (%.1f–%.1f) | %.0f |\n", l, wm, w0, w1, cm, rm,

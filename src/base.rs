@@ -107,6 +107,23 @@ impl BlobSource {
         }
     }
 
+    /// A second, independent handle on the same source (to read one blob while another is copied).
+    pub fn second_handle(&mut self) -> Result<BlobSource> {
+        match self {
+            BlobSource::Registry(remote) => {
+                let registry = remote.registry()?.clone();
+                let host = remote.host.clone();
+                Ok(BlobSource::Registry(RemoteRepository {
+                    host: remote.host.clone(),
+                    repository: remote.repository.clone(),
+                    connect: Box::new(move |_| Err(Error::protocol(format!("cannot connect to {host} again")))),
+                    registry: Some(Box::new(registry)),
+                }))
+            }
+            BlobSource::Layout(layout) => Ok(BlobSource::Layout(Layout::open(layout.root())?)),
+        }
+    }
+
     /// `(host, repository)` of a registry source: a sink on that host can mount instead of copying.
     pub fn mount_point(&self) -> Option<(&str, &str)> {
         match self {

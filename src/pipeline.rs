@@ -21,8 +21,9 @@ use crate::layer::{LayerDigests, LayerObserver, LayerOptions, write_layer};
 use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::reference::Reference;
+use crate::rootfs::RootFs;
 use crate::sink::{BlobOutcome, BlobWriter, ManifestBlob, Sink};
-use crate::walk::{Context, Split};
+use crate::walk::{Context, Kind, Split};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -284,10 +285,33 @@ pub fn run(
     let mut with_base;
     let mut plan = plan;
     if let Some(base) = base.as_deref_mut() {
-        store_base(base, sink, progress)?;
-        if plan.layer.rootfs.is_none() {
-            // Our entries must not replace the base's directory symlinks (merged /usr) or modes.
-            let fs = crate::rootfs::RootFs::of(base, cache.map(LayerCache::dir), progress)?;
+        // Only directories can land under a base symlink or meet a base directory's mode: a context of
+        // top-level files alone needs nothing from the base's headers.
+        let has_dirs = !plan.layer.prefix.is_empty() || plan.context.any(&|e| e.kind == Kind::Dir)?;
+        if plan.layer.rootfs.is_some() || !has_dirs {
+            store_base(base, sink, progress)?;
+        } else {
+            // Our entries must not replace the base's directory symlinks (merged /usr) or modes: the base
+            // layers' headers are read (unless cached) while the base blobs are stored, on a second handle.
+            let layers = base.layers().to_vec();
+            let cache_dir = cache.map(LayerCache::dir);
+            let mut warnings = Vec::new();
+            let fs = if RootFs::all_cached(&layers, cache_dir) {
+                store_base(base, sink, progress)?;
+                RootFs::of(&layers, &mut base.source, cache_dir, &mut warnings)?
+            } else {
+                let mut second = base.source.second_handle()?;
+                let (stored, scanned) = std::thread::scope(|scope| {
+                    let scan = scope.spawn(|| RootFs::of(&layers, &mut second, cache_dir, &mut warnings));
+                    let stored = store_base(base, sink, progress);
+                    (stored, scan.join())
+                });
+                stored?;
+                scanned.map_err(|_| Error::Layout("reading the base layers stopped unexpectedly".into()))??
+            };
+            for w in warnings {
+                progress.warn(&w);
+            }
             with_base = plan.clone();
             with_base.layer.rootfs = Some(std::sync::Arc::new(fs));
             plan = &with_base;

@@ -17,10 +17,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::base::Base;
+use crate::base::BlobSource;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::progress::Progress;
+use crate::image::Descriptor;
 
 /// What one layer's headers say, in order of application.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -62,31 +62,42 @@ fn clean(path: &str) -> String {
 }
 
 impl RootFs {
-    /// Reads (or finds in `cache_dir`) every base layer's headers and merges them.
-    pub fn of(base: &mut Base, cache_dir: Option<&Path>, progress: &mut Progress) -> Result<RootFs> {
+    /// Whether every readable layer of `layers` is in `cache_dir` already (nothing to read).
+    pub fn all_cached(layers: &[Descriptor], cache_dir: Option<&Path>) -> bool {
+        layers.iter().all(|d| !readable(d).0 || cache_dir.is_some_and(|dir| cache_path(dir, &d.digest).is_file()))
+    }
+
+    /// Reads (or finds in `cache_dir`) every layer's headers, from `source`, and merges them; notes about
+    /// layers that cannot be read go to `warnings`.
+    pub fn of(
+        layers: &[Descriptor],
+        source: &mut BlobSource,
+        cache_dir: Option<&Path>,
+        warnings: &mut Vec<String>,
+    ) -> Result<RootFs> {
         let mut id = Sha256::new();
         let mut fs = RootFs::default();
-        for desc in base.layers().to_vec() {
+        for desc in layers {
             id.update(desc.digest.as_str().as_bytes());
-            let media = desc.media_type.as_str();
-            let gzip = media.ends_with("gzip") || media.ends_with(".tar.gzip") || media.ends_with("+gzip");
-            let plain = media.ends_with(".tar") || media.ends_with("diff.tar");
-            if !(gzip || plain) || media.contains("foreign") || media.contains("nondistributable") {
-                progress.warn(&format!(
-                    "cannot read base layer {} ({media}): its symlinks are not known, so paths under them are not \
+            let (ok, gzip) = readable(desc);
+            if !ok {
+                warnings.push(format!(
+                    "cannot read base layer {} ({}): its symlinks are not known, so paths under them are not \
                      redirected",
-                    desc.digest
+                    desc.digest, desc.media_type
                 ));
                 continue;
             }
             let index = match cache_dir.and_then(|d| read_cached(d, &desc.digest)) {
                 Some(index) => index,
                 None => {
-                    let reader = base.source.open(&desc.digest)?;
+                    let reader = source.open(&desc.digest)?;
+                    // Large reads: tar skips bodies in small ones, and each inflate call has a cost.
                     let index = if gzip {
-                        scan(crate::gunzip::GzipReader::new(reader), &desc.digest)?
+                        let gz = crate::gunzip::GzipReader::new(reader);
+                        scan(std::io::BufReader::with_capacity(256 * 1024, gz), &desc.digest)?
                     } else {
-                        scan(reader, &desc.digest)?
+                        scan(std::io::BufReader::with_capacity(256 * 1024, reader), &desc.digest)?
                     };
                     if let Some(d) = cache_dir {
                         write_cached(d, &desc.digest, &index);
@@ -167,6 +178,14 @@ impl RootFs {
     pub fn dir_mode(&self, path: &str) -> Option<u32> {
         self.dirs.get(&clean(path)).copied()
     }
+}
+
+/// Whether a layer's tar can be read here (gzip or plain; not zstd, not foreign), and whether it is gzip.
+fn readable(desc: &Descriptor) -> (bool, bool) {
+    let media = desc.media_type.as_str();
+    let gzip = media.ends_with("gzip");
+    let plain = media.ends_with(".tar");
+    ((gzip || plain) && !media.contains("foreign") && !media.contains("nondistributable"), gzip)
 }
 
 fn cache_path(dir: &Path, digest: &Digest) -> std::path::PathBuf {

@@ -201,6 +201,27 @@ impl Context {
             .collect())
     }
 
+    /// Whether any included entry satisfies `pred` (the walk stops at the first).
+    pub fn any(&self, pred: &dyn Fn(&Entry) -> bool) -> Result<bool> {
+        let mut found = false;
+        let result = self.walk(
+            &mut |e| {
+                if pred(&e) {
+                    found = true;
+                    // Stops the walk; told apart from a real cancellation by `found`.
+                    return Err(Error::Cancelled);
+                }
+                Ok(())
+            },
+            &mut |_, _| {},
+        );
+        match result {
+            Err(Error::Cancelled) if found => Ok(true),
+            Err(e) => Err(e),
+            Ok(()) => Ok(false),
+        }
+    }
+
     /// Identifies the layer of a split context (for the layer cache's fingerprint); empty for a whole one.
     pub fn part_id(&self) -> String {
         match &self.part {

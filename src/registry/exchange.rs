@@ -28,7 +28,9 @@ pub const CANCEL_GRACE: Duration = Duration::from_millis(500);
 const MAX_REDIRECTS: usize = 5;
 /// Block size and buffer of a streamed response body.
 const STREAM_BLOCK: usize = 256 * 1024;
-const STREAM_BUFFER: usize = 1024 * 1024;
+/// A streamed body is read ahead up to one default upload chunk, so a copy downloads the next chunk while
+/// the previous one is being uploaded.
+const STREAM_BUFFER: usize = 8 * 1024 * 1024;
 
 /// What a request sends.
 pub enum Body {

@@ -37,6 +37,8 @@ pub struct RegistrySink {
     chunked_refused: bool,
     /// Which repositories of this registry received which blobs in earlier runs, to mount from.
     homes: Option<BlobHomes>,
+    /// The registry refused a whole-blob PATCH: copies go in chunks for the rest of the run.
+    whole_refused: bool,
 }
 
 /// Which repositories of one registry hold which blobs, remembered across runs in the local store (as
@@ -171,6 +173,7 @@ impl RegistrySink {
             pushed: Vec::new(),
             chunked_refused: false,
             homes: None,
+            whole_refused: false,
         }
     }
 
@@ -321,8 +324,9 @@ impl Sink for RegistrySink {
         }
         let digest = desc.digest.clone();
         let mut open = || source.open(&digest);
-        let RegistrySink { registry, chunk, chunked_refused, .. } = self;
-        copy_into(registry, &first, &desc.digest, desc.size, chunk, chunked_refused, &mut open)?;
+        let RegistrySink { registry, chunk, chunked_refused, whole_refused, .. } = self;
+        let refused = Refusals { chunked: chunked_refused, whole: whole_refused };
+        copy_into(registry, &first, &desc.digest, desc.size, chunk, refused, &mut open)?;
         self.present.insert(desc.digest.clone());
         self.report.blobs_uploaded.push(desc.digest.to_string());
         self.report.bytes_uploaded += desc.size;
@@ -351,8 +355,9 @@ impl Sink for RegistrySink {
                 let mut open = || -> Result<Box<dyn std::io::Read + Send>> {
                     Ok(Box::new(reader.open_blob(&from, &d)?) as Box<dyn std::io::Read + Send>)
                 };
-                let RegistrySink { registry, chunk, chunked_refused, .. } = self;
-                copy_into(registry, &repo, &d, size, chunk, chunked_refused, &mut open)?;
+                let RegistrySink { registry, chunk, chunked_refused, whole_refused, .. } = self;
+                let refused = Refusals { chunked: chunked_refused, whole: whole_refused };
+                copy_into(registry, &repo, &d, size, chunk, refused, &mut open)?;
                 self.report.blobs_uploaded.push(d.to_string());
                 self.report.bytes_uploaded += size;
             }
@@ -467,18 +472,33 @@ impl Registry {
 /// Opens a blob's bytes, again for every attempt.
 pub type Opener<'a> = dyn FnMut() -> Result<Box<dyn std::io::Read + Send>> + Send + 'a;
 
+/// What a registry refused this run, so copies do not ask again.
+pub struct Refusals<'a> {
+    pub chunked: &'a mut bool,
+    pub whole: &'a mut bool,
+}
+
 /// Uploads the blob `digest` of `size` bytes into `repo`, reading it from `open`, verified on the way:
-/// chunked (again from the first byte if the session is lost), or as one PUT when the registry refuses
-/// chunked uploads (remembered in `chunked_refused`). Restart signals never escape.
+/// as one streamed PATCH (the fast way between registries), else chunked (again from the first byte if the
+/// session is lost), or as one PUT when the registry refuses chunked uploads. Restart signals never escape.
 pub fn copy_into(
     registry: &mut Registry,
     repo: &str,
     digest: &Digest,
     size: u64,
     chunk: &Cell<usize>,
-    chunked_refused: &mut bool,
+    refused: Refusals<'_>,
     open: &mut Opener<'_>,
 ) -> Result<()> {
+    let chunked_refused = refused.chunked;
+    if !*chunked_refused && !*refused.whole && size > 0 {
+        match super::upload::put_whole(registry, repo, digest, size, open()?) {
+            Ok(super::upload::Whole::Stored) => return Ok(()),
+            Ok(super::upload::Whole::TooLarge) => *refused.whole = true,
+            Ok(super::upload::Whole::Failed) | Err(Error::Restart(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mut attempt = 0;
     while !*chunked_refused {
         attempt += 1;

@@ -276,6 +276,75 @@ impl<'r> Upload<'r> {
     }
 }
 
+/// How a whole-blob PATCH ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Whole {
+    /// Stored and verified.
+    Stored,
+    /// The registry refused a body that large (413/416), or the stream did not fit one exchange's time:
+    /// send it in chunks instead (remember the refusal for the run).
+    TooLarge,
+    /// A transient failure: chunks, which resume, will do better.
+    Failed,
+}
+
+/// Sends a blob of known digest and size, read from `reader`, as one streamed PATCH (`Content-Range:
+/// 0-END`, so Gitea accepts it) and closes the session: one request per blob instead of one per chunk,
+/// which is what a copy between registries spends its time on. The bytes are verified while they stream;
+/// a mismatch fails the PATCH before the closing PUT. Memory is the conduit's buffer.
+pub fn put_whole(
+    reg: &mut Registry,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    reader: Box<dyn io::Read + Send>,
+) -> Result<Whole> {
+    let (location, _) = open_session(reg, repo, None)?;
+    let req = Request::new("PATCH", location.clone(), "upload blob")
+        .push(repo)
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("0-{}", size.saturating_sub(1)));
+    let (writer, body) = conduit::conduit(STREAM_BUFFER);
+    let closer = writer.closer();
+    let watch = writer.closer();
+    let (sent, produced) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut w = writer;
+            let r = crate::sink::copy_checked(&mut w, digest, size, reader);
+            if let Err(e) = &r {
+                w.fail(e.to_string());
+            }
+            r
+        });
+        let sent = reg.send_streamed(&req, body, closer, size);
+        let produced = producer.join().unwrap_or_else(|_| Err(Error::protocol("the blob reader stopped")));
+        (sent, produced)
+    });
+    let outcome = match (&sent, &produced) {
+        (_, Err(Error::Cancelled)) | (Err(Error::Cancelled), _) => Err(Error::Cancelled),
+        (_, Err(_)) if watch.writer_failed_first() => Err(produced.err().unwrap_or(Error::Cancelled)),
+        (Ok(resp), Ok(())) if matches!(resp.status, 202 | 201 | 204) => {
+            let location = next_location(reg, &location, resp)?;
+            let url = reg.resolve(&location)?.with_query("digest", digest.as_str());
+            let close = Request::new("PUT", url.to_string(), "finish blob upload")
+                .push(repo)
+                .header("Content-Length", "0")
+                .header("Content-Type", "application/octet-stream");
+            let resp = reg.send(&close)?;
+            check_closed(reg, &close, &resp, digest)?;
+            return Ok(Whole::Stored);
+        }
+        (Ok(resp), _) if matches!(resp.status, 413 | 416 | 405 | 501) => Ok(Whole::TooLarge),
+        (Ok(resp), _) if resp.status == 404 => Err(lost(resp)),
+        (Ok(resp), _) if transient_status(resp.status) => Ok(Whole::Failed),
+        (Err(e), _) if e.is_transient() => Ok(Whole::Failed),
+        (Ok(resp), _) => Err(reg.status_error(&req, resp)),
+        (Err(_), _) => Err(sent.err().unwrap_or(Error::Cancelled)),
+    };
+    let _ = reg.delete_session(&location, repo);
+    outcome
+}
+
 /// Sends a blob of known digest as one PUT (for registries that refuse PATCH). The bytes are produced
 /// again into a bounded conduit by a scoped thread while the request sends them, so memory stays bounded
 /// whatever the blob size. Transient failures of the exchange are retried by the policy, producing the
