@@ -369,6 +369,21 @@ mod tests {
     }
 
     #[test]
+    fn a_copied_blob_that_does_not_match_its_digest_or_size_is_aborted() {
+        let (mut sink, log) = Memory::new();
+        let d = Digest::of(b"hello");
+        copy_verified_from(sink.blob_writer().unwrap(), &d, 5, &b"hello"[..]).unwrap();
+        assert!(log.borrow().blobs.contains_key(d.as_str()));
+        let other = Digest::of(b"other");
+        for (bytes, size) in [(&b"hellx"[..], 5), (&b"hello and more"[..], 5), (&b"hel"[..], 5)] {
+            let err = copy_verified_from(sink.blob_writer().unwrap(), &other, size, bytes).unwrap_err();
+            assert!(err.to_string().contains("nothing was stored"), "{err}");
+        }
+        assert_eq!(log.borrow().aborted, 3);
+        assert!(!log.borrow().blobs.contains_key(other.as_str()));
+    }
+
+    #[test]
     fn put_blob_skips_a_blob_the_sink_has() {
         let (mut sink, log) = Memory::new();
         let d = Digest::of(b"{}");
