@@ -64,28 +64,6 @@ fn build(ctx: &Path, tag: &str, base: &str, extra: &[&str]) -> Output {
     build_command(ctx, tag, base, extra).run()
 }
 
-/// The `--format json` result of a successful push.
-#[track_caller]
-fn json_result(output: &Output) -> Value {
-    output.assert_success();
-    serde_json::from_str(output.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {output}"))
-}
-
-/// Asserts a failed command: exit `code`, nothing on stdout, one `docker-idpb: ` line on stderr (it ran with
-/// -q) containing every one of `needles`, no panic.
-#[track_caller]
-fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
-    output.assert_code(code);
-    assert!(!output.stderr.contains("panicked"), "a panic: {output}");
-    assert!(output.stdout.trim().is_empty(), "nothing on stdout: {output}");
-    let lines: Vec<&str> = output.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "a one-line error: {output}");
-    assert!(lines[0].starts_with("docker-idpb: "), "{output}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "the error mentions {needle:?}: {output}");
-    }
-}
-
 /// The hex part of `sha256:HEX` (access logs may percent-encode the colon).
 fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("{digest} is not a sha256 digest"))

@@ -59,28 +59,6 @@ fn push<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output 
     push_command(args).run()
 }
 
-/// The `--format json` result of a successful push.
-#[track_caller]
-fn json_result(output: &Output) -> Value {
-    output.assert_success();
-    serde_json::from_str(output.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {output}"))
-}
-
-/// Asserts a failed push: exit `code`, nothing on stdout, one `docker-idpb: ` line on stderr (the push runs
-/// with -q) containing every one of `needles`, no panic.
-#[track_caller]
-fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
-    output.assert_code(code);
-    assert!(!output.stderr.contains("panicked"), "a panic: {output}");
-    assert!(output.stdout.trim().is_empty(), "nothing on stdout: {output}");
-    let lines: Vec<&str> = output.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "a one-line error: {output}");
-    assert!(lines[0].starts_with("docker-idpb: "), "{output}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "the error mentions {needle:?}: {output}");
-    }
-}
-
 /// What [`IMAGE_FLAGS`] must have put in the config.
 #[track_caller]
 fn assert_image_flags(config: &Value) {

@@ -59,21 +59,6 @@ fn stderr_lines(output: &Output) -> Vec<&str> {
     output.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
 }
 
-/// Asserts a failure with exit `code`, no panic, nothing on stdout and a stderr of exactly one
-/// `docker-idpb: ` line containing every one of `needles`.
-#[track_caller]
-fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
-    output.assert_code(code);
-    assert!(!output.stderr.contains("panicked"), "a panic: {output}");
-    assert!(output.stdout.trim().is_empty(), "nothing on stdout: {output}");
-    let lines = stderr_lines(output);
-    assert_eq!(lines.len(), 1, "a one-line error: {output}");
-    assert!(lines[0].starts_with("docker-idpb: "), "{output}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "the error mentions {needle:?}: {output}");
-    }
-}
-
 /// A loopback port nobody listens on (bound, read, released).
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"));

@@ -570,24 +570,8 @@ impl Registry {
             } else {
                 None
             };
-            let call = Call {
-                method: req.method,
-                url: url.clone(),
-                headers: req.headers.clone(),
-                body: req.exchange_body(),
-                limit: req.limit,
-                stream: req.stream,
-                cancellable: true,
-            };
             let deadline = retrier.deadline().min(Instant::now() + self.request_timeout);
-            let authz = &self.auth;
-            // Every hop (redirects included) gets the Authorization only if it is the registry's origin.
-            let mut authorize = |u: &Url| auth.clone().filter(|_| authz.is_registry(u));
-            let label = self.label(&url);
-            let result = self
-                .exchange
-                .run(call, deadline, &mut authorize)
-                .map_err(|f| failure_error(&label, req.what, req.method, url.path(), f));
+            let result = self.exchange_once(req, &url, req.exchange_body(), deadline, auth.clone());
             match result {
                 // A 401 from anywhere but the registry itself (a redirect's target) teaches nothing: its
                 // challenge could name a realm that collects the user's password.
@@ -656,26 +640,38 @@ impl Registry {
         } else {
             None
         };
-        let call = Call {
-            method: req.method,
-            url: url.clone(),
-            headers: req.headers.clone(),
-            body: Body::Stream(body, closer, len),
-            limit: req.limit,
-            stream: false,
-            cancellable: true,
-        };
-        let authz = &self.auth;
-        let mut authorize = |u: &Url| auth.clone().filter(|_| authz.is_registry(u));
-        let label = self.label(&url);
-        let answer = self
-            .exchange
-            .run(call, deadline, &mut authorize)
-            .map_err(|f| failure_error(&label, req.what, req.method, url.path(), f))?;
+        let answer = self.exchange_once(req, &url, Body::Stream(body, closer, len), deadline, auth)?;
         if answer.status == 401 {
             return Err(self.auth.refused(req.what, &registry_error_detail(&answer.body)));
         }
         Ok(Response::from_answer(answer, 1))
+    }
+
+    /// One exchange of `req` to `url` with `body`: every hop (redirects included) gets `auth` only if it is
+    /// the registry's origin; a failure names the server the request actually went to.
+    fn exchange_once(
+        &self,
+        req: &Request<'_>,
+        url: &Url,
+        body: Body,
+        deadline: Instant,
+        auth: Option<String>,
+    ) -> Result<Answer> {
+        let call = Call {
+            method: req.method,
+            url: url.clone(),
+            headers: req.headers.clone(),
+            body,
+            limit: req.limit,
+            stream: req.stream && !matches!(req.method, "HEAD"),
+            cancellable: true,
+        };
+        let authz = &self.auth;
+        let mut authorize = |u: &Url| auth.clone().filter(|_| authz.is_registry(u));
+        let label = self.label(url);
+        self.exchange
+            .run(call, deadline, &mut authorize)
+            .map_err(|f| failure_error(&label, req.what, req.method, url.path(), f))
     }
 
     /// One DELETE of an upload session, even when cancelled, waiting at most 2 s; errors ignored by callers.

@@ -101,3 +101,25 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
+
+/// The `--format json` result of a successful command (its stdout, one JSON object).
+#[track_caller]
+pub fn json_result(output: &Output) -> serde_json::Value {
+    output.assert_success();
+    serde_json::from_str(output.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {output}"))
+}
+
+/// Asserts a failure with exit `code`, no panic, nothing on stdout and a stderr of exactly one
+/// `docker-idpb: ` line (the command ran with -q) containing every one of `needles`.
+#[track_caller]
+pub fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
+    output.assert_code(code);
+    assert!(!output.stderr.contains("panicked"), "a panic: {output}");
+    assert!(output.stdout.trim().is_empty(), "nothing on stdout: {output}");
+    let lines: Vec<&str> = output.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "a one-line error: {output}");
+    assert!(lines[0].starts_with("docker-idpb: "), "{output}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "the error mentions {needle:?}: {output}");
+    }
+}
