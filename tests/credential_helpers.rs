@@ -215,22 +215,6 @@ impl Setup {
     }
 }
 
-/// Asserts a failed run (non-zero exit, no panic, nothing on stdout) whose stderr is one `docker-idpb: `
-/// line containing every one of `needles`; returns that line.
-#[track_caller]
-fn assert_one_line_error<'a>(output: &'a Output, needles: &[&str]) -> &'a str {
-    assert!(output.code.is_some_and(|c| c != 0), "expected a failure: {output}");
-    assert!(!output.stderr.contains("panicked"), "a panic: {output}");
-    assert!(output.stdout.trim().is_empty(), "nothing on stdout: {output}");
-    let lines: Vec<&str> = output.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "a one-line error: {output}");
-    assert!(lines[0].starts_with("docker-idpb: "), "{output}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "the error mentions {needle:?}: {output}");
-    }
-    lines[0]
-}
-
 /// A helper that never answers: a shell running `sleep 600` as a child (not `exec`), so that killing only
 /// the shell would leave the `sleep` behind.
 const HANGING_HELPER: &str = "sleep 600\nexit 1";

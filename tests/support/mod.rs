@@ -69,8 +69,8 @@ pub use registry::{
 };
 #[allow(unused_imports)]
 pub use results::{
-    assert_clean_error, assert_digest, assert_no_secret, build_digest, built_lines, json_result, pushed_digest,
-    pushed_lines, read_json, sha256_digest, strings,
+    assert_clean_error, assert_digest, assert_no_secret, assert_one_line_error, build_digest, built_lines, json_result,
+    pushed_digest, pushed_lines, read_json, sha256_digest, strings,
 };
 #[allow(unused_imports)]
 pub use tls::TestCa;

@@ -114,6 +114,14 @@ pub fn json_result(output: &Output) -> serde_json::Value {
 #[track_caller]
 pub fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
     output.assert_code(code);
+    assert_one_line_error(output, needles);
+}
+
+/// Asserts a failed run (non-zero exit, no panic, nothing on stdout) whose stderr is one `docker-idpb: `
+/// line containing every one of `needles`; returns that line.
+#[track_caller]
+pub fn assert_one_line_error<'a>(output: &'a Output, needles: &[&str]) -> &'a str {
+    assert!(output.code.is_some_and(|c| c != 0), "expected a failure: {output}");
     assert!(!output.stderr.contains("panicked"), "a panic: {output}");
     assert!(output.stdout.trim().is_empty(), "nothing on stdout: {output}");
     let lines: Vec<&str> = output.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -122,4 +130,5 @@ pub fn assert_clean_error(output: &Output, code: i32, needles: &[&str]) {
     for needle in needles {
         assert!(lines[0].contains(needle), "the error mentions {needle:?}: {output}");
     }
+    lines[0]
 }
