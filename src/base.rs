@@ -387,6 +387,41 @@ mod tests {
         assert!(matches!(BaseRef::parse("Bad Name"), Err(Error::Usage(_))));
     }
 
+    /// Documents served from memory, by digest or by the tag "top".
+    struct Memory(std::collections::HashMap<String, (Vec<u8>, MediaType)>);
+
+    impl Documents for Memory {
+        fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, MediaType)> {
+            self.0.get(reference).cloned().ok_or_else(|| Error::protocol(format!("no {reference}")))
+        }
+        fn blob(&mut self, digest: &Digest) -> Result<Vec<u8>> {
+            self.0.get(digest.as_str()).map(|d| d.0.clone()).ok_or_else(|| Error::protocol("no blob"))
+        }
+    }
+
+    #[test]
+    fn an_unknown_base_media_type_is_named() {
+        let artifact = br#"{"schemaVersion":2,"mediaType":"application/vnd.example.helm.chart+json","config":{"mediaType":"a","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},"layers":[]}"#;
+        let mut docs = Memory(
+            [("top".to_string(), (artifact.to_vec(), MediaType::new("application/vnd.example.helm.chart+json")))]
+                .into_iter()
+                .collect(),
+        );
+        let host = Platform::parse("linux/amd64").unwrap();
+        let err = for_platform(&mut docs, "top", None, &host, "r.example/chart:1").err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("application/vnd.example.helm.chart+json") && err.contains("r.example/chart:1"), "{err}");
+    }
+
+    #[test]
+    fn a_pinned_base_served_with_another_digest_is_refused() {
+        let mut docs = Memory([("top".to_string(), (b"{}".to_vec(), MediaType::default()))].into_iter().collect());
+        let host = Platform::parse("linux/amd64").unwrap();
+        let pin = Digest::of(b"something else").to_string();
+        let err = for_platform(&mut docs, "top", Some(&pin), &host, "b").err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("served with digest"));
+    }
+
     fn entry(os: &str, arch: &str, variant: Option<&str>) -> Descriptor {
         let mut d = Descriptor::new(crate::image::MEDIA_TYPE_MANIFEST, Digest::of(arch.as_bytes()), 1);
         d.platform = Some(Platform { os: os.into(), architecture: arch.into(), variant: variant.map(Into::into) });
