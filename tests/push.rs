@@ -749,6 +749,7 @@ fn json_report_digest_file_and_quiet_describe_what_was_stored() {
         "digest",
         "layer_digest",
         "layer_size",
+        "layers",
         "name",
         "references",
         "sent",
@@ -780,6 +781,8 @@ fn json_report_digest_file_and_quiet_describe_what_was_stored() {
     let config_size = head_length(&registry, &format!("/v2/ns/json/blobs/{config}"));
     assert_eq!(result["size"], size, "{result}");
     assert_eq!(result["layer_size"], layer_size, "{result}");
+    assert_eq!(result["layers"][0]["digest"], result["layer_digest"], "one layer, the same: {result}");
+    assert_eq!(result["layers"][0]["size"], layer_size, "{result}");
     assert_eq!(result["total_size"], size + layer_size + config_size, "{result}");
     assert_eq!(result["sent"]["bytes_uploaded"], layer_size + config_size, "{result}");
     assert_eq!(result["sent"]["manifests"], 1, "{result}");
