@@ -148,20 +148,41 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Parses `OS/ARCH[/VARIANT]`.
+    /// Parses `OS/ARCH[/VARIANT]` and checks it against the values the image-index spec lists (Go's GOOS
+    /// and GOARCH, and the variants of arm, arm64 and amd64): a typo is an error naming the closest value.
     pub fn parse(s: &str) -> Result<Platform> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(ok) {
             return Err(Error::usage(format!(
                 "invalid --platform {s:?}: use OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm/v7"
             )));
         }
-        Ok(Platform {
-            os: parts[0].to_string(),
-            architecture: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
+        let (os, arch, variant) = (parts[0], parts[1], parts.get(2).copied());
+        let unknown = |what: &str, value: &str, suggestion: String| {
+            Error::usage(format!("invalid --platform {s:?}: unknown {what} {value:?}; did you mean {suggestion}?"))
+        };
+        if !KNOWN_OS.contains(&os) {
+            let rest = parts[1..].join("/");
+            return Err(unknown("operating system", os, format!("{}/{rest}", closest(os, KNOWN_OS))));
+        }
+        if !KNOWN_ARCH.contains(&arch) {
+            let variant = variant.map(|v| format!("/{v}")).unwrap_or_default();
+            return Err(unknown("architecture", arch, format!("{os}/{}{variant}", closest(arch, KNOWN_ARCH))));
+        }
+        if let Some(v) = variant {
+            let allowed = variants(arch);
+            if !allowed.contains(&v) {
+                return Err(match allowed {
+                    [] => Error::usage(format!("invalid --platform {s:?}: {arch} has no variants; use {os}/{arch}")),
+                    _ => Error::usage(format!(
+                        "invalid --platform {s:?}: unknown variant {v:?} of {arch}; use one of {}",
+                        allowed.iter().map(|a| format!("{os}/{arch}/{a}")).collect::<Vec<_>>().join(", ")
+                    )),
+                });
+            }
+        }
+        Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: variant.map(str::to_string) })
     }
 
     /// linux on the host's architecture, in Go's names.
@@ -186,6 +207,85 @@ impl std::fmt::Display for Platform {
         }
         Ok(())
     }
+}
+
+/// Go's GOOS values (`go tool dist list`), which the image-index spec uses for `os`.
+const KNOWN_OS: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+
+/// Go's GOARCH values, which the image-index spec uses for `architecture`.
+const KNOWN_ARCH: &[&str] = &[
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "arm64",
+    "arm64be",
+    "armbe",
+    "loong64",
+    "mips",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "mipsle",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
+
+/// The variants the spec (and Go's GOARM, GOARM64, GOAMD64) name for an architecture.
+fn variants(arch: &str) -> &'static [&'static str] {
+    match arch {
+        "arm" => &["v5", "v6", "v7", "v8"],
+        "arm64" => &["v8", "v8.0", "v8.1", "v8.2", "v8.3", "v8.4", "v8.5", "v8.6", "v8.7", "v8.8", "v8.9", "v9"],
+        "amd64" => &["v1", "v2", "v3", "v4"],
+        _ => &[],
+    }
+}
+
+/// The candidate with the smallest edit distance to `word` (ties: the first listed).
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> &'a str {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    candidates.iter().copied().min_by_key(|c| distance(word, c)).unwrap_or("linux")
 }
 
 /// The runtime part of an image config (`config` in the JSON).
@@ -413,6 +513,20 @@ mod tests {
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux//x").is_err());
         assert!(Platform::parse("a/b/c/d").is_err());
+    }
+
+    #[test]
+    fn platforms_are_checked_against_the_spec_with_the_closest_value_named() {
+        for ok in ["linux/amd64", "linux/arm64/v8", "linux/arm/v6", "windows/amd64", "linux/riscv64", "linux/amd64/v3"]
+        {
+            assert!(Platform::parse(ok).is_ok(), "{ok}");
+        }
+        let err = |s: &str| Platform::parse(s).unwrap_err().to_string();
+        assert!(err("linux/amd65").contains("did you mean linux/amd64?"), "{}", err("linux/amd65"));
+        assert!(err("linx/arm64").contains("did you mean linux/arm64?"), "{}", err("linx/arm64"));
+        assert!(err("linux/arm/v9").contains("use one of linux/arm/v5, linux/arm/v6"), "{}", err("linux/arm/v9"));
+        assert!(err("linux/s390x/v2").contains("has no variants"), "{}", err("linux/s390x/v2"));
+        assert!(err("linux/aarch64").contains("unknown architecture"), "{}", err("linux/aarch64"));
     }
 
     #[test]

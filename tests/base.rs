@@ -634,3 +634,23 @@ fn a_digest_base_in_the_store_builds_without_network() {
     let digest = |o: &Output| built_lines(o).first().map(|l| l.1.clone()).unwrap_or_default();
     assert_eq!(digest(&first), digest(&second), "{first}\n{second}");
 }
+
+/// `--platform` is checked against the spec's values before any work, naming the closest valid value: no
+/// registry is contacted, nothing is built.
+#[test]
+fn a_bad_platform_is_refused_before_any_work_naming_the_closest_value() {
+    let tmp = TempDir::new("base-bad-platform");
+    let registry = Registry::start(RegistryMode::Http);
+    let ctx = app_context(&tmp);
+    let before = registry.requests();
+    let target = registry.reference("ns/app:1");
+    let mut cmd = IdpbCommand::new();
+    cmd.arg("push").arg(&ctx).args(["-t", &target, "--platform", "linux/amd65", "-q"]);
+    assert_clean_error(&cmd.run(), 2, &["linux/amd65", "did you mean linux/amd64?"]);
+    assert_eq!(registry.requests(), before, "no request");
+
+    let out = tmp.join("out");
+    let output = build(&ctx, "app:1", "scratch", &["--platform", "linx/arm64", "--oci-layout", &path_str(&out)]);
+    assert_clean_error(&output, 2, &["did you mean linux/arm64?"]);
+    assert!(!out.exists(), "nothing built");
+}
