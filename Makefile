@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/docker-idpb
 APT_PACKAGES := docker-registry skopeo umoci nginx apache2-utils python3-jwt openssl curl time util-linux busybox-static
 # A tool per package, to decide whether apt must run at all.
-APT_TOOLS := /usr/bin/docker-registry /usr/bin/skopeo /usr/bin/umoci /usr/sbin/nginx /usr/bin/htpasswd /usr/bin/openssl /usr/bin/curl /usr/bin/time /usr/bin/unshare /bin/busybox /usr/sbin/dockerd
+APT_TOOLS := /usr/bin/docker-registry /usr/bin/skopeo /usr/bin/umoci /usr/sbin/nginx /usr/bin/htpasswd /usr/bin/openssl /usr/bin/curl /usr/bin/time /usr/bin/unshare /bin/busybox /usr/sbin/dockerd /usr/bin/podman /usr/sbin/runc
 
 .PHONY: all build release test unit lint fmt deps demo bench clean install uninstall static image
 
@@ -23,7 +23,7 @@ deps:
 	  echo "installing test dependencies: $(APT_PACKAGES)"; \
 	  SUDO=$$( [ $$(id -u) = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends docker.io >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends docker.io podman runc >/dev/null; \
 	fi
 
 # Unit and integration tests (the static-binary test needs dist/docker-idpb, hence `static`).

@@ -654,3 +654,26 @@ fn a_bad_platform_is_refused_before_any_work_naming_the_closest_value() {
     assert_clean_error(&output, 2, &["did you mean linux/arm64?"]);
     assert!(!out.exists(), "nothing built");
 }
+
+/// An image pushed on a base runs under podman with the base's Entrypoint, Env and files, as the user the
+/// base's `/etc/passwd` names (`--user nobody`).
+#[test]
+fn push_on_base_runs_under_podman() {
+    let tmp = TempDir::new("base-podman");
+    let registry = Registry::start(RegistryMode::Http);
+    let layout = busybox_base(&tmp.join("base-layout"));
+    store_base_oci(&layout, BASE_TAG, &registry, "base/busybox:oci");
+    let ctx = app_context(&tmp);
+    let target = registry.reference("ns/app:1");
+    let mut cmd = IdpbCommand::new();
+    cmd.arg("push").arg(&ctx).args(["-t", &target, "--base", &registry.reference("base/busybox:oci")]);
+    cmd.args(["--user", "nobody", "-q"]);
+    cmd.run().assert_success();
+
+    let podman = Podman::new();
+    let output = podman.podman(&["run", "--rm", "--tls-verify=false", &target, "id; echo $PATH; cat /app/hello.txt"]);
+    output.assert_success();
+    assert!(output.stdout.contains(NOBODY_ID), "{output}");
+    assert!(output.stdout.contains("/bin:/usr/bin"), "{output}");
+    assert!(output.stdout.contains("hello from the app layer"), "{output}");
+}

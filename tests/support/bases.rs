@@ -352,3 +352,48 @@ impl Drop for DockerEngine {
         }
     }
 }
+
+/// Podman (Debian's 4.3) with private storage and the settings these machines need (runc, vfs, cgroupfs,
+/// file events, no network; `../shared/notes/test-fixtures.md`), all in a temp dir removed on drop.
+pub struct Podman {
+    dir: TempDir,
+}
+
+impl Podman {
+    /// Panics with the `make deps` hint when podman is missing: tests never skip.
+    pub fn new() -> Podman {
+        require_tool("podman");
+        require_tool("runc");
+        let dir = TempDir::new("podman");
+        write_file(
+            &dir.join("containers.conf"),
+            b"[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+              [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        );
+        let storage = format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.join("graph").display(),
+            dir.join("run").display()
+        );
+        write_file(&dir.join("storage.conf"), storage.as_bytes());
+        Podman { dir }
+    }
+
+    /// `podman ARGS` with the private configuration.
+    pub fn podman(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("podman");
+        cmd.args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .env("HOME", self.dir.path())
+            .env_remove("XDG_RUNTIME_DIR");
+        run(&mut cmd)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // vfs layers are plain directories; `podman system reset` would also do, but needs the same env.
+        let _ = self.podman(&["rmi", "--all", "--force"]);
+    }
+}

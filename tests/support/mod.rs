@@ -36,7 +36,7 @@ pub mod tree;
 #[allow(unused_imports)]
 pub use bases::{
     BASE_APPLETS, BASE_CMD, BASE_ENTRYPOINT, BASE_TAG, BUSYBOX, BUSYBOX_BASE_PATH, DockerEngine, MERGED_USR_BASE_PATH,
-    add_platform_index, busybox_base, layout_blob_json, layout_manifest, merged_usr_base, retag_architecture,
+    Podman, add_platform_index, busybox_base, layout_blob_json, layout_manifest, merged_usr_base, retag_architecture,
     store_base_index, store_base_oci, store_base_v2s2, tagged,
 };
 #[allow(unused_imports)]
