@@ -252,6 +252,83 @@ pub fn resolve(
     }
 }
 
+/// Every platform `base` offers: an index's entries (attestation entries `unknown/unknown` skipped), or
+/// the one platform of a single image.
+pub fn platforms(base: &BaseRef, cache: Option<&std::path::Path>, connect: Connect) -> Result<Vec<Platform>> {
+    let (bytes, media, name, mut docs): (Vec<u8>, MediaType, String, Box<dyn Documents + '_>) = match base {
+        BaseRef::Scratch => {
+            return Err(Error::usage(
+                "--platform all means every platform of the base, and scratch has none: give a list such as \
+                 --platform linux/amd64,linux/arm64",
+            ));
+        }
+        BaseRef::Registry(r) => {
+            let remote = RemoteRepository {
+                host: r.api_host().to_string(),
+                repository: r.repository.clone(),
+                connect,
+                registry: None,
+            };
+            let mut docs: Box<dyn Documents> = Box::new(OwnedRemote { remote, cache: cache.map(|c| c.to_path_buf()) });
+            let wanted = r.digest.clone().unwrap_or_else(|| r.tag_or_latest().to_string());
+            let (bytes, media) = docs.manifest(&wanted)?;
+            (bytes, media, r.full_name(), docs)
+        }
+        BaseRef::Layout { dir, tag } => {
+            let layout = Layout::open(dir)?;
+            let desc = layout.find(tag.as_deref())?;
+            let bytes = layout.read_blob(&desc.digest)?;
+            let media = desc.media_type.clone();
+            (bytes, media, base.name(), Box::new(OwnedLayout(layout)))
+        }
+    };
+    let probe: Probe = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::protocol(format!("the base {name} has a manifest that is not JSON: {e}")))?;
+    let media = probe.media_type.clone().filter(|m| !m.is_empty()).unwrap_or(media);
+    if media.is_index() || (media.is_empty() && probe.manifests.is_some()) {
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::protocol(format!("the base {name} has an invalid index: {e}")))?;
+        let list: Vec<Platform> =
+            index.manifests.iter().filter_map(|d| d.platform.clone()).filter(|p| p.os != "unknown").collect();
+        if list.is_empty() {
+            return Err(Error::protocol(format!("the base {name} is an index that names no platform")));
+        }
+        return Ok(list);
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::protocol(format!("the base {name} has an invalid image manifest: {e}")))?;
+    let config: ImageConfig = serde_json::from_slice(&docs.blob(&manifest.config.digest)?)
+        .map_err(|e| Error::protocol(format!("the base {name} has an invalid config: {e}")))?;
+    Ok(vec![Platform { os: config.os, architecture: config.architecture, variant: config.variant }])
+}
+
+/// [`FromRegistry`] owning its repository (for [`platforms`]).
+struct OwnedRemote {
+    remote: RemoteRepository,
+    cache: Option<std::path::PathBuf>,
+}
+
+impl Documents for OwnedRemote {
+    fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, MediaType)> {
+        FromRegistry { remote: &mut self.remote, cache: self.cache.as_deref() }.manifest(reference)
+    }
+    fn blob(&mut self, digest: &Digest) -> Result<Vec<u8>> {
+        FromRegistry { remote: &mut self.remote, cache: self.cache.as_deref() }.blob(digest)
+    }
+}
+
+struct OwnedLayout(Layout);
+
+impl Documents for OwnedLayout {
+    fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, MediaType)> {
+        let digest: Digest = reference.parse()?;
+        Ok((self.0.read_blob(&digest)?, MediaType::default()))
+    }
+    fn blob(&mut self, digest: &Digest) -> Result<Vec<u8>> {
+        self.0.read_blob(digest)
+    }
+}
+
 struct FromLayout<'a> {
     layout: &'a Layout,
     top: Descriptor,

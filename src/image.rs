@@ -365,6 +365,8 @@ pub struct ImageOptions {
     pub user: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Annotations of the index, for a multi-platform image (`--annotation index:K=V`).
+    pub index_annotations: BTreeMap<String, String>,
     pub exposed_ports: Vec<String>,
 }
 

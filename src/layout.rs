@@ -261,6 +261,8 @@ pub struct TarSink {
     index: Index,
     /// manifest.json entries, keyed by manifest digest so several tags share one entry.
     docker: BTreeMap<Digest, DockerManifestEntry>,
+    /// Platform manifests an index names: `docker load` gets the host's (or the first).
+    children: std::collections::HashMap<Digest, Vec<u8>>,
 }
 
 #[derive(Serialize, Clone)]
@@ -308,6 +310,7 @@ impl TarSink {
             written: Default::default(),
             index: Index::empty(),
             docker: BTreeMap::new(),
+            children: Default::default(),
         })
     }
 
@@ -394,9 +397,32 @@ impl Sink for TarSink {
         Ok(Box::new(TarBlobWriter { sink: self, start }))
     }
 
+    fn put_manifest_untagged(&mut self, manifest: &ManifestBlob) -> Result<()> {
+        self.put_blob(&manifest.bytes, &manifest.digest)?;
+        self.children.insert(manifest.digest.clone(), manifest.bytes.clone());
+        Ok(())
+    }
+
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
         self.put_blob(&manifest.bytes, &manifest.digest)?;
-        let parsed: Manifest = serde_json::from_slice(&manifest.bytes)
+        // Docker loads one image per tag: for an index, the host's platform (else the first).
+        let image_bytes = if manifest.media_type.is_index() {
+            let index: Index = serde_json::from_slice(&manifest.bytes)
+                .map_err(|e| Error::Layout(format!("cannot read back index: {e}")))?;
+            let host = crate::image::Platform::host();
+            let pick = index
+                .manifests
+                .iter()
+                .find(|d| d.platform.as_ref().is_some_and(|p| p.os == host.os && p.architecture == host.architecture))
+                .or_else(|| index.manifests.first())
+                .ok_or_else(|| Error::Layout("an empty index cannot be loaded by docker".into()))?;
+            self.children.get(&pick.digest).cloned().ok_or_else(|| {
+                Error::Layout(format!("the index names {} which this build did not store", pick.digest))
+            })?
+        } else {
+            manifest.bytes.clone()
+        };
+        let parsed: Manifest = serde_json::from_slice(&image_bytes)
             .map_err(|e| Error::Layout(format!("cannot read back manifest: {e}")))?;
         let mut desc =
             Descriptor::new(manifest.media_type.as_str(), manifest.digest.clone(), manifest.bytes.len() as u64);

@@ -281,6 +281,82 @@ pub fn run(
     progress: &mut Progress,
     cache: Option<&LayerCache>,
 ) -> Result<Built> {
+    let (image, config_bytes) = build_image(plan, base, sink, progress, cache, &mut Layers::default())?;
+    let manifest = store_image(sink, &config_bytes, &image.config_digest, image.manifest.clone(), names)?;
+    Ok(Built { manifest, ..image })
+}
+
+/// Our layers already stored in this run, by what they were made of: a context shared by several
+/// platforms (on bases of the same directory structure) is walked, compressed and sent once.
+#[derive(Default)]
+pub struct Layers(std::collections::HashMap<String, Vec<LayerDigests>>);
+
+/// One platform of a multi-platform build: its plan (context, options) and its base.
+pub struct PlatformImage<'a> {
+    pub platform: Platform,
+    pub plan: Plan,
+    pub base: Option<&'a mut Base>,
+}
+
+/// What a multi-platform build stored: the index and each platform's image.
+pub struct BuiltIndex {
+    pub index: ManifestBlob,
+    pub images: Vec<Built>,
+}
+
+/// Builds one image per platform into `sink`, each manifest stored untagged, then an OCI image index over
+/// them named with every reference in `names`.
+pub fn run_index(
+    images: Vec<PlatformImage<'_>>,
+    index_annotations: &std::collections::BTreeMap<String, String>,
+    sink: &mut dyn Sink,
+    names: &[Reference],
+    progress: &mut Progress,
+    cache: Option<&LayerCache>,
+) -> Result<BuiltIndex> {
+    let mut done = Layers::default();
+    let mut built = Vec::new();
+    let mut entries = Vec::new();
+    for item in images {
+        let mut plan = item.plan;
+        if item.base.is_none() {
+            plan.image.platform = Some(item.platform.clone());
+        }
+        progress.note(&format!("platform {}", item.platform));
+        let (image, config_bytes) = build_image(&plan, item.base, sink, progress, cache, &mut done)?;
+        put_config(sink, &config_bytes, &image.config_digest)?;
+        sink.put_manifest_untagged(&image.manifest)?;
+        let mut desc = Descriptor::new(
+            image.manifest.media_type.as_str(),
+            image.manifest.digest.clone(),
+            image.manifest.bytes.len() as u64,
+        );
+        desc.platform = image.manifest.platform.clone();
+        entries.push(desc);
+        built.push(image);
+    }
+    let index = crate::image::Index {
+        schema_version: 2,
+        media_type: crate::image::MEDIA_TYPE_INDEX.into(),
+        manifests: entries,
+        annotations: index_annotations.clone(),
+    };
+    let bytes = to_json(&index)?;
+    let blob = ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: index.media_type, platform: None };
+    let index = store_named(sink, blob, names)?;
+    Ok(BuiltIndex { index, images: built })
+}
+
+/// Stores `plan`'s base blobs and layers and returns the image (manifest not yet stored) and its config
+/// bytes.
+fn build_image(
+    plan: &Plan,
+    base: Option<&mut Base>,
+    sink: &mut dyn Sink,
+    progress: &mut Progress,
+    cache: Option<&LayerCache>,
+    done: &mut Layers,
+) -> Result<(Built, Vec<u8>)> {
     let mut base = base;
     let mut with_base;
     let mut plan = plan;
@@ -319,11 +395,20 @@ pub fn run(
     }
     // One layer per part of the context, each with its own cache entry: a re-push that changed only
     // one part reads, compresses and sends only that one.
-    let mut ours = Vec::new();
-    for (_, part) in plan.context.split(&plan.split)? {
-        let part_plan = Plan { context: part, ..plan.clone() };
-        ours.push(store_layer(&part_plan, sink, progress, cache)?);
-    }
+    let key =
+        format!("{}\0{}\0{:?}\0{:?}", plan.context.root().display(), plan.context.part_id(), plan.split, plan.layer);
+    let ours = match done.0.get(&key) {
+        Some(layers) => layers.clone(),
+        None => {
+            let mut ours = Vec::new();
+            for (_, part) in plan.context.split(&plan.split)? {
+                let part_plan = Plan { context: part, ..plan.clone() };
+                ours.push(store_layer(&part_plan, sink, progress, cache)?);
+            }
+            done.0.insert(key, ours.clone());
+            ours
+        }
+    };
     let base = base.as_deref();
     let diff_ids = ours.iter().map(|l| l.diff_id.clone()).collect();
     let config = plan.image.config_on(base.map(|b| &b.config), diff_ids, plan.layer.epoch);
@@ -354,9 +439,9 @@ pub fn run(
     let blob =
         ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: manifest.media_type, platform: Some(platform) };
     let config_digest = manifest.config.digest;
-    let manifest = store_image(sink, &config_bytes, &config_digest, blob, names)?;
     let layer = ours.last().cloned().ok_or_else(|| Error::Context("the context gave no layer".into()))?;
-    Ok(Built { config_digest, config_size: config_bytes.len() as u64, manifest, layer, layers: ours })
+    let config_size = config_bytes.len() as u64;
+    Ok((Built { config_digest, config_size, manifest: blob, layer, layers: ours }, config_bytes))
 }
 
 /// Puts every blob of the base into the sink. Foreign (non-distributable) layers are not in any registry
@@ -388,7 +473,12 @@ pub fn store_image(
     manifest: ManifestBlob,
     names: &[Reference],
 ) -> Result<ManifestBlob> {
-    // The config is small: a lost session just sends it again (a chunked refusal is handled by the sink).
+    put_config(sink, config_bytes, config_digest)?;
+    store_named(sink, manifest, names)
+}
+
+/// Stores a config blob; a lost session just sends it again (a chunked refusal is handled by the sink).
+fn put_config(sink: &mut dyn Sink, config_bytes: &[u8], config_digest: &Digest) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -397,9 +487,14 @@ pub fn store_image(
             Err(Error::Restart(r)) => {
                 return Err(Error::protocol(format!("{}, {attempt} times in a row; giving up", r.reason())));
             }
-            other => break other.map(|_| ())?,
+            other => return other.map(|_| ()),
         };
     }
+}
+
+/// Names a manifest or index (whose blobs are stored) with every reference; every name is tried and a
+/// failure is reported per name. The bytes are stored exactly as given.
+fn store_named(sink: &mut dyn Sink, manifest: ManifestBlob, names: &[Reference]) -> Result<ManifestBlob> {
     let mut done = Vec::new();
     let mut failed: Vec<(String, Error)> = Vec::new();
     for name in names {

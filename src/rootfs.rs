@@ -107,7 +107,17 @@ impl RootFs {
             };
             fs.apply(index);
         }
-        fs.id = hex::encode(id.finalize());
+        // Identified by what it holds, not by which layers said it: two platforms' bases with the same
+        // directory structure give the same id, so a context shared by them is written once.
+        let _ = id;
+        let mut content = Sha256::new();
+        for (p, t) in &fs.symlinks {
+            content.update(format!("l {p}\0{t}\0").as_bytes());
+        }
+        for (p, m) in &fs.dirs {
+            content.update(format!("d {p}\0{m}\0").as_bytes());
+        }
+        fs.id = hex::encode(content.finalize());
         Ok(fs)
     }
 

@@ -132,6 +132,12 @@ pub trait Sink {
         Ok(BlobOutcome::Copied)
     }
 
+    /// Stores a manifest that an index will name (one platform's image), without a name of its own. Every
+    /// blob it points to is already committed. A layout keeps it as a blob; a registry PUTs it by digest.
+    fn put_manifest_untagged(&mut self, manifest: &ManifestBlob) -> Result<()> {
+        self.put_blob(&manifest.bytes, &manifest.digest).map(|_| ())
+    }
+
     /// Stores the manifest and names it `reference`. Every blob it points to is already committed.
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()>;
 
@@ -256,6 +262,10 @@ impl Sink for Fanout<'_> {
             }
         }
         Ok(outcome)
+    }
+
+    fn put_manifest_untagged(&mut self, manifest: &ManifestBlob) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|(_, s)| s.put_manifest_untagged(manifest))
     }
 
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {

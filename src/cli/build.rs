@@ -21,13 +21,23 @@ use crate::sink::Sink;
 use crate::walk::{Context, Kind};
 
 pub fn run(args: BuildArgs) -> Result<()> {
-    let context_dir = args.context.clone().unwrap_or_else(|| PathBuf::from("."));
     // Validate every flag before reading anything.
     let json = args.json()?;
     let image = args.image_options()?;
     let layer = args.layer_options()?;
     let split = args.split()?;
     let base_ref = args.base_ref()?;
+    let targets = args.platforms()?;
+    let multi = super::is_multi_platform(&targets);
+    // `--platform OS/ARCH=DIR` alone: that directory is the context.
+    let context_dir = match targets.as_slice() {
+        [one] if one.context.is_some() => one.context.clone().unwrap_or_default(),
+        _ => args
+            .context
+            .clone()
+            .or_else(|| targets.iter().find_map(|t| t.context.clone()))
+            .unwrap_or_else(|| PathBuf::from(".")),
+    };
     let names = names_for(&args.tag, &context_dir)?;
     check_digest_file(args.digest_file.as_deref())?;
     if args.oci_layout.is_some() && args.tar.is_some() {
@@ -38,23 +48,77 @@ pub fn run(args: BuildArgs) -> Result<()> {
         return list(&context, &split);
     }
     let mut progress = Progress::new(args.quiet);
-    let platform = image.platform.clone().unwrap_or_else(crate::image::Platform::host);
     let lookup = args.credential_lookup()?;
-    let mut base = super::resolve_base(&args, &base_ref, &platform, args.quiet, &lookup)?;
     let plan = Plan { context, layer, image, split };
     let cache = args.layer_cache()?;
     let cache = cache.as_ref();
-    let base = base.as_mut();
-    let (output, built) = if let Some(dir) = &args.oci_layout {
-        (dir.clone(), pipeline::run(&plan, base, &mut LayoutSink::create(dir)?, &names, &mut progress, cache)?)
+    let (output, mut sink): (PathBuf, Box<dyn Sink>) = if let Some(dir) = &args.oci_layout {
+        (dir.clone(), Box::new(LayoutSink::create(dir)?))
     } else if let Some(file) = &args.tar {
-        (file.clone(), pipeline::run(&plan, base, &mut TarSink::create(file)?, &names, &mut progress, None)?)
+        (file.clone(), Box::new(TarSink::create(file)?))
     } else {
         let store = store_dir()?;
-        let mut sink: Box<dyn Sink> = Box::new(LayoutSink::create(&store)?);
-        (store, pipeline::run(&plan, base, sink.as_mut(), &names, &mut progress, cache)?)
+        (store.clone(), Box::new(LayoutSink::create(&store)?))
     };
+    // A tar is written whole each time: the layer cache cannot skip anything there.
+    let cache = if args.tar.is_some() { None } else { cache };
+    if multi {
+        let list = super::platform_list(&base_ref, &targets, &lookup, &args, args.quiet)?;
+        let mut bases = Vec::new();
+        for (platform, _) in &list {
+            bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
+        }
+        let items = super::platform_images(&plan, &list, &mut bases)?;
+        let built =
+            pipeline::run_index(items, &plan.image.index_annotations, sink.as_mut(), &names, &mut progress, cache)?;
+        return report_index(&built, &names, &output, json, args.digest_file.as_deref());
+    }
+    let platform = plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host);
+    let mut base = super::resolve_base(&args, &base_ref, &platform, args.quiet, &lookup)?;
+    let built = pipeline::run(&plan, base.as_mut(), sink.as_mut(), &names, &mut progress, cache)?;
     report(&built, &names, &output, json, args.digest_file.as_deref())
+}
+
+/// Prints a multi-platform build's result: one line per tag naming the index, or JSON with each platform.
+fn report_index(
+    built: &pipeline::BuiltIndex,
+    names: &[Reference],
+    output: &Path,
+    json: bool,
+    digest_file: Option<&Path>,
+) -> Result<()> {
+    let digest = &built.index.digest;
+    if let Some(path) = digest_file {
+        std::fs::write(path, format!("{digest}\n")).map_err(|e| Error::io(path, "write", e))?;
+    }
+    // Every blob once: platforms share layers.
+    let mut blobs: std::collections::BTreeMap<&crate::digest::Digest, u64> = Default::default();
+    for image in &built.images {
+        blobs.insert(&image.manifest.digest, image.manifest.bytes.len() as u64);
+        blobs.insert(&image.config_digest, image.config_size);
+        for l in &image.layers {
+            blobs.insert(&l.digest, l.size);
+        }
+    }
+    let total: u64 = built.index.bytes.len() as u64 + blobs.values().sum::<u64>();
+    if json {
+        let value = json!({
+            "name": names.first().map(|n| n.familiar_name()),
+            "tags": names.iter().map(|n| n.familiar_name()).collect::<Vec<_>>(),
+            "digest": digest,
+            "mediaType": built.index.media_type,
+            "size": built.index.bytes.len(),
+            "platforms": super::platforms_json(&built.images),
+            "total_size": total,
+            "output": output,
+        });
+        println!("{value}");
+    } else {
+        for name in names {
+            println!("{}@{digest} {total}", name.familiar_name());
+        }
+    }
+    Ok(())
 }
 
 /// `-t` values, or the context directory's sanitised name with `:latest`.

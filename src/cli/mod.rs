@@ -57,10 +57,10 @@ macro_rules! with_image_flags {
             /// or scratch (default: $IDPB_BASE, else scratch)
             #[argh(option)]
             pub base: Option<String>,
-            /// platform of the image, OS/ARCH[/VARIANT] (default: the base's for a single-platform base, else
-            /// linux on the host's architecture)
+            /// platform(s) of the image, OS/ARCH[/VARIANT][=DIR], comma-separated or repeated, or `all` (every
+            /// platform of the base); several give an image index (default: linux on the host's architecture)
             #[argh(option)]
-            pub platform: Option<String>,
+            pub platform: Vec<String>,
             /// entrypoint: a JSON array or a string split on whitespace
             #[argh(option)]
             pub entrypoint: Option<String>,
@@ -120,7 +120,7 @@ macro_rules! with_image_flags {
                 ImageFlagValues {
                     base: self.base.as_deref(),
                     layer: &self.layer,
-                    platform: self.platform.as_deref(),
+                    platform: &self.platform,
                     entrypoint: self.entrypoint.as_deref(),
                     cmd: self.cmd.as_deref(),
                     env: &self.env,
@@ -436,11 +436,26 @@ pub fn read_password_stdin() -> Result<String> {
     Ok(p)
 }
 
+/// One `--platform` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlatformChoice {
+    One(Platform),
+    /// Every platform of the base.
+    All,
+}
+
+/// A platform to build, with its own context directory (`OS/ARCH=DIR`) or the command's.
+#[derive(Debug, Clone)]
+pub struct PlatformTarget {
+    pub platform: PlatformChoice,
+    pub context: Option<PathBuf>,
+}
+
 /// The shared image flags, borrowed from whichever command declared them.
 pub struct ImageFlagValues<'a> {
     pub base: Option<&'a str>,
     pub layer: &'a [String],
-    pub platform: Option<&'a str>,
+    pub platform: &'a [String],
     pub entrypoint: Option<&'a str>,
     pub cmd: Option<&'a str>,
     pub env: &'a [String],
@@ -465,7 +480,7 @@ pub trait ImageFlags {
     fn image_options(&self) -> Result<ImageOptions> {
         let f = self.image_flags();
         let mut o = ImageOptions {
-            platform: f.platform.map(Platform::parse).transpose()?,
+            platform: None,
             entrypoint: f.entrypoint.map(|s| parse_command("--entrypoint", s)).transpose()?,
             cmd: f.cmd.map(|s| parse_command("--cmd", s)).transpose()?,
             workdir: f.workdir.map(str::to_string),
@@ -480,8 +495,20 @@ pub trait ImageFlags {
             o.labels.insert(k, v);
         }
         for a in f.annotation {
+            // buildx's prefixes: `index:` for the index of a multi-platform image, `manifest:` (or none) for
+            // each image manifest.
             let (k, v) = parse_key_value("--annotation", a)?;
-            o.annotations.insert(k, v);
+            if let Some(k) = k.strip_prefix("index:") {
+                o.index_annotations.insert(k.to_string(), v);
+            } else {
+                o.annotations.insert(k.strip_prefix("manifest:").unwrap_or(&k).to_string(), v);
+            }
+        }
+        let targets = self.platforms()?;
+        if let [one] = targets.as_slice()
+            && let PlatformChoice::One(p) = &one.platform
+        {
+            o.platform = Some(p.clone());
         }
         for p in f.expose {
             o.exposed_ports.push(parse_port(p)?);
@@ -538,6 +565,37 @@ pub trait ImageFlags {
         Ok(store_dir().ok().map(|d| crate::cache::LayerCache::new(&d.join("cache"))))
     }
 
+    /// `--platform` values, validated (comma lists and repeats flattened, duplicates dropped).
+    fn platforms(&self) -> Result<Vec<PlatformTarget>> {
+        let mut out: Vec<PlatformTarget> = Vec::new();
+        for value in self.image_flags().platform {
+            for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let (spec, dir) = match item.split_once('=') {
+                    Some((s, d)) if !d.is_empty() => (s, Some(PathBuf::from(d))),
+                    Some(_) => {
+                        return Err(Error::usage(format!("invalid --platform {item:?}: give a directory after =")));
+                    }
+                    None => (item, None),
+                };
+                let platform = if spec == "all" {
+                    if dir.is_some() {
+                        return Err(Error::usage("--platform all=DIR: `all` takes the context, not a directory"));
+                    }
+                    PlatformChoice::All
+                } else {
+                    PlatformChoice::One(Platform::parse(spec)?)
+                };
+                if !out.iter().any(|t| t.platform == platform) {
+                    out.push(PlatformTarget { platform, context: dir });
+                }
+            }
+        }
+        if out.len() > 1 && out.iter().any(|t| t.platform == PlatformChoice::All) {
+            return Err(Error::usage("--platform all already means every platform of the base: give it alone"));
+        }
+        Ok(out)
+    }
+
     /// `--layer` patterns, validated.
     fn split(&self) -> Result<crate::walk::Split> {
         crate::walk::Split::parse(self.image_flags().layer)
@@ -582,6 +640,75 @@ pub(crate) fn resolve_base<A: ImageFlags + RegistryFlags>(
     });
     let cache = store_dir().ok().map(|d| d.join("cache"));
     crate::base::resolve(base, platform, cache.as_deref(), opener)
+}
+
+/// Whether the `--platform` values ask for an index (several platforms, or `all`).
+pub(crate) fn is_multi_platform(targets: &[PlatformTarget]) -> bool {
+    targets.len() > 1 || targets.iter().any(|t| t.platform == PlatformChoice::All)
+}
+
+/// The platforms to build and their context directories: the `--platform` list, or with `all` every
+/// platform of the base.
+pub(crate) fn platform_list<A: ImageFlags + RegistryFlags>(
+    base: &crate::base::BaseRef,
+    targets: &[PlatformTarget],
+    lookup: &crate::credentials::Lookup,
+    args: &A,
+    quiet: bool,
+) -> Result<Vec<(Platform, Option<PathBuf>)>> {
+    if targets.iter().any(|t| t.platform == PlatformChoice::All) {
+        let mut connect = args.connect_options()?;
+        connect.quiet = quiet;
+        let lookup = lookup.clone();
+        let opener: crate::base::Connect = Box::new(move |host: &str| {
+            crate::registry::open(host, &lookup, &connect, &mut crate::progress::Progress::new(quiet))
+        });
+        let cache = store_dir().ok().map(|d| d.join("cache"));
+        let list = crate::base::platforms(base, cache.as_deref(), opener)?;
+        return Ok(list.into_iter().map(|p| (p, None)).collect());
+    }
+    Ok(targets
+        .iter()
+        .filter_map(|t| match &t.platform {
+            PlatformChoice::One(p) => Some((p.clone(), t.context.clone())),
+            PlatformChoice::All => None,
+        })
+        .collect())
+}
+
+/// One pipeline item per platform: its context (its own directory, or the command's), and its base.
+pub(crate) fn platform_images<'a>(
+    plan: &crate::pipeline::Plan,
+    list: &[(Platform, Option<PathBuf>)],
+    bases: &'a mut [Option<crate::base::Base>],
+) -> Result<Vec<crate::pipeline::PlatformImage<'a>>> {
+    let mut items = Vec::new();
+    for ((platform, dir), base) in list.iter().zip(bases.iter_mut()) {
+        let context = match dir {
+            Some(d) => crate::walk::Context::open(d)?,
+            None => plan.context.clone(),
+        };
+        let plan = crate::pipeline::Plan { context, ..plan.clone() };
+        items.push(crate::pipeline::PlatformImage { platform: platform.clone(), plan, base: base.as_mut() });
+    }
+    Ok(items)
+}
+
+/// Each platform's image, for `--format json`.
+pub(crate) fn platforms_json(images: &[crate::pipeline::Built]) -> serde_json::Value {
+    serde_json::Value::Array(
+        images
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "platform": b.manifest.platform.as_ref().map(|p| p.to_string()),
+                    "digest": b.manifest.digest,
+                    "config_digest": b.config_digest,
+                    "layers": b.layers.iter().map(|l| serde_json::json!({"digest": l.digest, "size": l.size, "diff_id": l.diff_id})).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
 }
 
 /// The Docker CLI plugin metadata, printed for `docker-cli-plugin-metadata`.

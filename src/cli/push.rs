@@ -44,7 +44,9 @@ pub fn run(args: PushArgs) -> Result<()> {
     };
     let lookup = args.credential_lookup()?;
     let base_ref = args.base_ref()?;
-    let (source, default_name) = source(&args)?;
+    let targets = args.platforms()?;
+    let multi = super::is_multi_platform(&targets);
+    let (source, default_name) = source(&args, &targets)?;
     let names = target_names(&args.tag, default_name.as_deref())?;
     check_digest_file(args.digest_file.as_deref())?;
     let mut progress = Progress::new(args.quiet);
@@ -60,21 +62,34 @@ pub fn run(args: PushArgs) -> Result<()> {
     // One sink per registry host; idpbuilder's Gitea falls back to its admin credentials from the cluster.
     let mut sinks = crate::registry::sink::connect_targets(&names, &lookup, &connect, chunk, &mut progress)?;
 
-    let mut base = match &source {
+    // One base per platform (the same reference, each platform's image of it).
+    let list = match &source {
+        Source::Context(plan) if multi => super::platform_list(&base_ref, &targets, &lookup, &args, args.quiet)?,
         Source::Context(plan) => {
-            let platform = plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host);
-            super::resolve_base(&args, &base_ref, &platform, args.quiet, &lookup)?
+            vec![(plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host), None)]
         }
-        Source::Layout { .. } => None,
+        Source::Layout { .. } => Vec::new(),
     };
+    let mut bases = Vec::new();
+    for (platform, _) in &list {
+        bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
+    }
     let cache = args.layer_cache()?;
     if let Some(cache) = &cache {
         for sink in &mut sinks {
             sink.remember_blobs_in(cache.dir());
         }
     }
-    let result = crate::registry::sink::with_targets(&mut sinks, |sink| {
-        push_into(&source, base.as_mut(), sink, &names, &mut progress, cache.as_ref())
+    let result = crate::registry::sink::with_targets(&mut sinks, |sink| match &source {
+        Source::Context(plan) if multi => {
+            let items = super::platform_images(plan, &list, &mut bases)?;
+            let built =
+                pipeline::run_index(items, &plan.image.index_annotations, sink, &names, &mut progress, cache.as_ref())?;
+            Ok((built.index, Pushed::Index(built.images)))
+        }
+        _ => {
+            push_into(&source, bases.first_mut().and_then(Option::as_mut), sink, &names, &mut progress, cache.as_ref())
+        }
     });
     let (manifest, built) = result?;
 
@@ -92,7 +107,11 @@ pub fn run(args: PushArgs) -> Result<()> {
             "size": manifest.bytes.len(),
             "sent": report,
         });
-        if let Some(b) = built {
+        if let Pushed::Index(images) = &built {
+            value["mediaType"] = json!(manifest.media_type);
+            value["platforms"] = super::platforms_json(images);
+        }
+        if let Pushed::Image(b) = built {
             value["config_digest"] = json!(b.config_digest);
             value["layers"] = json!(
                 b.layers
@@ -121,22 +140,37 @@ fn push_into(
     names: &[Reference],
     progress: &mut Progress,
     cache: Option<&crate::cache::LayerCache>,
-) -> Result<(ManifestBlob, Option<pipeline::Built>)> {
+) -> Result<(ManifestBlob, Pushed)> {
     match source {
         Source::Context(plan) => {
             let built = pipeline::run(plan, base, sink, names, progress, cache)?;
-            Ok((built.manifest.clone(), Some(built)))
+            Ok((built.manifest.clone(), Pushed::Image(Box::new(built))))
         }
         Source::Layout { layout, name } => {
             let desc = layout.find(name.as_deref())?;
-            Ok((pipeline::copy_from_layout(layout, &desc, sink, names, progress)?, None))
+            Ok((pipeline::copy_from_layout(layout, &desc, sink, names, progress)?, Pushed::Copied))
         }
     }
 }
 
+/// What a push built, for its report.
+enum Pushed {
+    Image(Box<pipeline::Built>),
+    Index(Vec<pipeline::Built>),
+    Copied,
+}
+
 /// The image source, and the repository name to use when no `-t` is given.
-fn source(args: &PushArgs) -> Result<(Source, Option<String>)> {
-    if let Some(dir) = &args.context {
+fn source(args: &PushArgs, targets: &[super::PlatformTarget]) -> Result<(Source, Option<String>)> {
+    // `--platform OS/ARCH=DIR` alone: that directory is the context.
+    let single_dir = match targets {
+        [one] => one.context.clone(),
+        _ => None,
+    };
+    // With a directory per platform and no CONTEXT, the first platform's directory names the image.
+    let per_platform = targets.iter().find_map(|t| t.context.clone());
+    let nominal = single_dir.or_else(|| args.context.clone()).or(per_platform);
+    if let Some(dir) = nominal.as_ref() {
         if args.oci_layout.is_some() || args.image.is_some() {
             return Err(Error::usage("give either a CONTEXT directory or --oci-layout/--image, not both"));
         }

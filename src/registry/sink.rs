@@ -39,6 +39,9 @@ pub struct RegistrySink {
     homes: Option<BlobHomes>,
     /// The registry refused a whole-blob PATCH: copies go in chunks for the rest of the run.
     whole_refused: bool,
+    /// Platform manifests stored by digest in the first repository, which an index names: other
+    /// repositories get them (and their blobs) before the index.
+    untagged: std::collections::HashMap<Digest, ManifestBlob>,
 }
 
 /// Which repositories of one registry hold which blobs, remembered across runs in the local store (as
@@ -174,6 +177,7 @@ impl RegistrySink {
             chunked_refused: false,
             homes: None,
             whole_refused: false,
+            untagged: Default::default(),
         }
     }
 
@@ -181,6 +185,36 @@ impl RegistrySink {
     /// from them in later runs.
     pub fn remember_blobs_in(&mut self, dir: &std::path::Path) {
         self.homes = Some(BlobHomes::load(dir, self.registry.host()));
+    }
+
+    /// Makes every blob `manifest` names present in `repo` (of this registry): found, mounted from the
+    /// first repository, or copied from it.
+    fn bring_blobs(&mut self, repo: &str, manifest: &ManifestBlob) -> Result<()> {
+        let parsed: crate::image::Manifest = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| Error::protocol(format!("cannot read back manifest: {e}")))?;
+        let mut blobs = vec![(parsed.config.digest.clone(), parsed.config.size)];
+        blobs.extend(parsed.layers.iter().map(|l| (l.digest.clone(), l.size)));
+        let from = self.repos[0].clone();
+        for (d, size) in blobs {
+            if self.registry.blob_exists(repo, &d)? {
+                continue;
+            }
+            if self.registry.mount(repo, &from, &d)? {
+                self.report.blobs_mounted.push(format!("{repo}@{d}"));
+                continue;
+            }
+            // Refused: copy it over, streamed from the repository that has it (a second handle reads).
+            let mut reader = self.registry.clone();
+            let mut open = || -> Result<Box<dyn std::io::Read + Send>> {
+                Ok(Box::new(reader.open_blob(&from, &d)?) as Box<dyn std::io::Read + Send>)
+            };
+            let RegistrySink { registry, chunk, chunked_refused, whole_refused, .. } = self;
+            let refused = Refusals { chunked: chunked_refused, whole: whole_refused };
+            copy_into(registry, repo, &d, size, chunk, refused, &mut open)?;
+            self.report.blobs_uploaded.push(d.to_string());
+            self.report.bytes_uploaded += size;
+        }
+        Ok(())
     }
 
     fn remember(&mut self, digest: &Digest, repo: &str) {
@@ -333,33 +367,34 @@ impl Sink for RegistrySink {
         Ok(BlobOutcome::Copied)
     }
 
+    fn put_manifest_untagged(&mut self, manifest: &ManifestBlob) -> Result<()> {
+        let first = self.repos[0].clone();
+        self.registry.put_manifest(&first, manifest.digest.as_str(), manifest)?;
+        self.report.manifests += 1;
+        self.untagged.insert(manifest.digest.clone(), manifest.clone());
+        Ok(())
+    }
+
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
         let repo = reference.repository.clone();
-        // Blobs streamed into the first repository must be in this one too.
+        // Blobs streamed into the first repository must be in this one too; for an index, each platform's
+        // manifest and its blobs.
         if repo != self.repos[0] {
-            let parsed: crate::image::Manifest = serde_json::from_slice(&manifest.bytes)
-                .map_err(|e| Error::protocol(format!("cannot read back manifest: {e}")))?;
-            let mut blobs = vec![(parsed.config.digest.clone(), parsed.config.size)];
-            blobs.extend(parsed.layers.iter().map(|l| (l.digest.clone(), l.size)));
-            let from = self.repos[0].clone();
-            for (d, size) in blobs {
-                if self.registry.blob_exists(&repo, &d)? {
-                    continue;
+            if manifest.media_type.is_index() {
+                let index: crate::image::Index = serde_json::from_slice(&manifest.bytes)
+                    .map_err(|e| Error::protocol(format!("cannot read back index: {e}")))?;
+                for entry in &index.manifests {
+                    let Some(child) = self.untagged.get(&entry.digest).cloned() else {
+                        return Err(Error::protocol(format!(
+                            "the index names {} which this push did not store",
+                            entry.digest
+                        )));
+                    };
+                    self.bring_blobs(&repo, &child)?;
+                    self.registry.put_manifest(&repo, child.digest.as_str(), &child)?;
                 }
-                if self.registry.mount(&repo, &from, &d)? {
-                    self.report.blobs_mounted.push(format!("{repo}@{d}"));
-                    continue;
-                }
-                // Refused: copy it over, streamed from the repository that has it (a second handle reads).
-                let mut reader = self.registry.clone();
-                let mut open = || -> Result<Box<dyn std::io::Read + Send>> {
-                    Ok(Box::new(reader.open_blob(&from, &d)?) as Box<dyn std::io::Read + Send>)
-                };
-                let RegistrySink { registry, chunk, chunked_refused, whole_refused, .. } = self;
-                let refused = Refusals { chunked: chunked_refused, whole: whole_refused };
-                copy_into(registry, &repo, &d, size, chunk, refused, &mut open)?;
-                self.report.blobs_uploaded.push(d.to_string());
-                self.report.bytes_uploaded += size;
+            } else {
+                self.bring_blobs(&repo, manifest)?;
             }
         }
         let result = self.registry.put_manifest(&repo, reference.tag_or_latest(), manifest);

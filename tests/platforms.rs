@@ -1,0 +1,178 @@
+//! Several platforms in one push (issue 10, the part that is done): `--platform` lists give an OCI image
+//! index whose entries carry their platform; a context shared by the platforms is stored once and named by
+//! every manifest; `OS/ARCH=DIR` gives a platform its own directory; `--platform all` takes every platform
+//! of a base index (made with umoci: amd64 busybox, and the same image labelled arm64). skopeo reads the
+//! results (`copy --all`, `--override-arch`) and a real Docker engine pulls and runs the amd64 image.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use support::*;
+
+fn small_context(tmp: &TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let ctx = tmp.subdir(name);
+    write_file(&ctx.join("app/hello.txt"), text.as_bytes());
+    ctx
+}
+
+fn push(args: &[&str]) -> Value {
+    let mut cmd = IdpbCommand::new();
+    cmd.arg("push").args(args).args(["--format", "json", "-q"]);
+    json_result(&cmd.run())
+}
+
+fn manifests(index: &Value) -> Vec<Value> {
+    index["manifests"].as_array().cloned().unwrap_or_default()
+}
+
+fn platform_of(entry: &Value) -> String {
+    let p = &entry["platform"];
+    let mut s = format!("{}/{}", p["os"].as_str().unwrap_or(""), p["architecture"].as_str().unwrap_or(""));
+    if let Some(v) = p["variant"].as_str() {
+        s.push('/');
+        s.push_str(v);
+    }
+    s
+}
+
+fn manifest_by_digest(registry: &Registry, repo: &str, digest: &str) -> Value {
+    skopeo_inspect_raw(registry, &format!("{repo}@{digest}"))
+}
+
+/// Two platforms from one context: an index of two manifests naming the same layer, uploaded once; skopeo
+/// copies the whole index and picks arm64 on request; `--annotation index:` and `manifest:` land apart.
+#[test]
+fn two_platforms_share_one_layer_under_an_index() {
+    let registry = Registry::start(RegistryMode::Http);
+    let tmp = TempDir::new("platforms-two");
+    let ctx = small_context(&tmp, "ctx", "same for both\n");
+    let target = registry.reference("ns/multi:1");
+    let result = push(&[
+        &path_str(&ctx),
+        "-t",
+        &target,
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--annotation",
+        "index:org.example.scope=index",
+        "--annotation",
+        "manifest:org.example.scope=manifest",
+    ]);
+    let index = skopeo_inspect_raw(&registry, "ns/multi:1");
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json", "{index}");
+    assert_eq!(result["digest"], stored_digest(&registry, "ns/multi", "1").unwrap_or_default(), "{result}");
+    assert_eq!(index["annotations"]["org.example.scope"], "index", "{index}");
+    let entries = manifests(&index);
+    assert_eq!(entries.iter().map(platform_of).collect::<Vec<_>>(), ["linux/amd64", "linux/arm64"], "{index}");
+    let layer_of = |e: &Value| {
+        let m = manifest_by_digest(&registry, "ns/multi", e["digest"].as_str().unwrap_or(""));
+        assert_eq!(m["annotations"]["org.example.scope"], "manifest", "{m}");
+        m["layers"][0]["digest"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(layer_of(&entries[0]), layer_of(&entries[1]), "one layer for both: {index}");
+    // The layer went up once; each platform has its own config.
+    let layer = layer_of(&entries[0]);
+    let layer_puts = registry
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/") && r.path.contains(&layer[7..]))
+        .count();
+    assert_eq!(layer_puts, 1, "{:?}", registry.requests());
+    assert_eq!(result["platforms"].as_array().map(Vec::len), Some(2), "{result}");
+
+    let out = tmp.join("all");
+    checked(std::process::Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:all", path_str(&out)),
+    ]));
+    let arm = tmp.join("arm");
+    checked(std::process::Command::new("skopeo").args([
+        "--override-arch",
+        "arm64",
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:arm", path_str(&arm)),
+    ]));
+    assert_eq!(skopeo_inspect_layout_config(&arm, "arm")["architecture"], "arm64");
+    let rootfs = umoci_unpack(&arm, "arm", &tmp.join("arm-bundle"));
+    assert_eq!(std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap_or_default(), "same for both\n");
+}
+
+/// `--platform OS/ARCH=DIR` gives each platform its own directory: two different layers, each under its
+/// own platform.
+#[test]
+fn per_platform_contexts_give_each_platform_its_own_layer() {
+    let registry = Registry::start(RegistryMode::Http);
+    let tmp = TempDir::new("platforms-dirs");
+    let amd = small_context(&tmp, "amd64", "built for amd64\n");
+    let arm = small_context(&tmp, "arm64", "built for arm64\n");
+    let target = registry.reference("ns/split:1");
+    let amd_arg = format!("linux/amd64={}", path_str(&amd));
+    let arm_arg = format!("linux/arm64={}", path_str(&arm));
+    push(&["-t", &target, "--platform", &amd_arg, "--platform", &arm_arg]);
+    let index = skopeo_inspect_raw(&registry, "ns/split:1");
+    let entries = manifests(&index);
+    assert_eq!(entries.len(), 2, "{index}");
+    let mut layers = Vec::new();
+    for (entry, arch, text) in
+        [(&entries[0], "amd64", "built for amd64\n"), (&entries[1], "arm64", "built for arm64\n")]
+    {
+        assert_eq!(entry["platform"]["architecture"], arch, "{index}");
+        let digest = entry["digest"].as_str().unwrap_or("");
+        let m = manifest_by_digest(&registry, "ns/split", digest);
+        layers.push(m["layers"][0]["digest"].clone());
+        let layout = tmp.join(format!("pulled-{arch}"));
+        skopeo_copy_to_oci(&registry, &format!("ns/split@{digest}"), &layout, "x");
+        let rootfs = umoci_unpack(&layout, "x", &tmp.join(format!("bundle-{arch}")));
+        assert_eq!(std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap_or_default(), text);
+    }
+    assert_ne!(layers[0], layers[1], "{index}");
+}
+
+/// `--platform all` on a two-platform base index: an index of the same two platforms, each on its own base
+/// manifest, our layer shared; the Docker engine pulls the tag and runs the amd64 image.
+#[test]
+fn platform_all_follows_the_base_index_and_docker_runs_it() {
+    let registry = Registry::start(RegistryMode::Http);
+    let tmp = TempDir::new("platforms-all");
+    let layout = busybox_base(&tmp.join("base"));
+    retag_architecture(&layout, BASE_TAG, "arm", "arm64");
+    add_platform_index(&layout, "multi", &[(BASE_TAG, "linux/amd64"), ("arm", "linux/arm64")]);
+    store_base_index(&layout, "multi", &registry, "base/busybox:multi");
+    let ctx = small_context(&tmp, "ctx", "on every platform\n");
+    let target = registry.reference("ns/app:all");
+    let base = registry.reference("base/busybox:multi");
+    let result = push(&[&path_str(&ctx), "-t", &target, "--base", &base, "--platform", "all"]);
+    let index = skopeo_inspect_raw(&registry, "ns/app:all");
+    let entries = manifests(&index);
+    assert_eq!(entries.iter().map(platform_of).collect::<Vec<_>>(), ["linux/amd64", "linux/arm64"], "{index}");
+    let ours: Vec<Value> = entries
+        .iter()
+        .map(|e| manifest_by_digest(&registry, "ns/app", e["digest"].as_str().unwrap_or(""))["layers"][1].clone())
+        .collect();
+    assert_eq!(ours[0]["digest"], ours[1]["digest"], "our layer shared: {index}");
+    assert_eq!(result["platforms"].as_array().map(Vec::len), Some(2), "{result}");
+
+    let engine = DockerEngine::start();
+    engine.checked(&["pull", &target]);
+    let run = engine.checked(&["run", "--rm", "--network", "none", &target, "cat /app/hello.txt; uname -m"]);
+    assert!(run.stdout.contains("on every platform"), "{run}");
+    assert!(run.stdout.contains("x86_64"), "{run}");
+}
+
+/// `--platform all` with no base is refused before any work, naming the fix.
+#[test]
+fn platform_all_needs_a_base() {
+    let tmp = TempDir::new("platforms-all-scratch");
+    let ctx = small_context(&tmp, "ctx", "x\n");
+    let out = tmp.join("out");
+    let output =
+        idpb(["build", &path_str(&ctx), "--platform", "all", "--oci-layout", &path_str(&out), "-q"].iter(), &[]);
+    assert_clean_error(&output, 2, &["--platform all", "scratch"]);
+    assert!(!Path::new(&out).join("index.json").exists());
+}
