@@ -526,9 +526,35 @@ pub fn copy_from_layout(
     names: &[Reference],
     progress: &mut Progress,
 ) -> Result<ManifestBlob> {
+    if desc.media_type.is_index() {
+        // A multi-platform image: every platform's image, stored untagged, then the index by name.
+        let bytes = layout.read_blob(&desc.digest)?;
+        let index: crate::image::Index = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Layout(format!("index {} is not valid: {e}", desc.digest)))?;
+        for entry in &index.manifests {
+            let (child, config_bytes, config_digest) = copy_image_blobs(layout, entry, sink, progress)?;
+            put_config(sink, &config_bytes, &config_digest)?;
+            sink.put_manifest_untagged(&child)?;
+        }
+        let blob =
+            ManifestBlob { digest: desc.digest.clone(), bytes, media_type: desc.media_type.clone(), platform: None };
+        return store_named(sink, blob, names);
+    }
+    let (blob, config_bytes, config_digest) = copy_image_blobs(layout, desc, sink, progress)?;
+    store_image(sink, &config_bytes, &config_digest, blob, names)
+}
+
+/// Stores the layers of the image `desc` names in `layout` (skipping those the sink has); returns its
+/// manifest, with its exact bytes, and its config.
+fn copy_image_blobs(
+    layout: &Layout,
+    desc: &Descriptor,
+    sink: &mut dyn Sink,
+    progress: &mut Progress,
+) -> Result<(ManifestBlob, Vec<u8>, Digest)> {
     if !desc.media_type.is_image() {
         return Err(Error::Layout(format!(
-            "{} is a {}, not an image manifest; docker-idpb pushes single-platform images",
+            "{} is a {}, not an image manifest or index; docker-idpb pushes images",
             desc.digest, desc.media_type
         )));
     }
@@ -560,7 +586,7 @@ pub fn copy_from_layout(
         media_type: desc.media_type.clone(),
         platform: desc.platform.clone(),
     };
-    store_image(sink, &config_bytes, &manifest.config.digest, blob, names)
+    Ok((blob, config_bytes, manifest.config.digest))
 }
 
 fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, progress: &mut Progress) -> Result<()> {

@@ -176,3 +176,84 @@ fn platform_all_needs_a_base() {
     assert_clean_error(&output, 2, &["--platform all", "scratch"]);
     assert!(!Path::new(&out).join("index.json").exists());
 }
+
+/// A multi-platform build into an OCI layout pushes as it is (`push --oci-layout`): the same index digest,
+/// every platform's image with it, and `inspect` shows each platform.
+#[test]
+fn a_multi_platform_layout_pushes_whole_and_inspect_shows_each_platform() {
+    let registry = Registry::start(RegistryMode::Http);
+    let tmp = TempDir::new("platforms-layout");
+    let ctx = small_context(&tmp, "ctx", "from a layout\n");
+    let layout = tmp.join("layout");
+    let built = idpb(
+        [
+            "build",
+            &path_str(&ctx),
+            "-t",
+            "multi:1",
+            "--platform",
+            "linux/amd64,linux/arm64/v8",
+            "--oci-layout",
+            &path_str(&layout),
+            "--format",
+            "json",
+            "-q",
+        ]
+        .iter(),
+        &[],
+    );
+    let built = json_result(&built);
+    let target = registry.reference("ns/fromlayout:1");
+    let pushed = push(&["--oci-layout", &path_str(&layout), "--image", "multi:1", "-t", &target]);
+    assert_eq!(pushed["digest"], built["digest"], "the layout's index, as it is: {pushed}");
+    assert_eq!(stored_digest(&registry, "ns/fromlayout", "1").as_deref(), built["digest"].as_str());
+    let out = tmp.join("all");
+    checked(std::process::Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:all", path_str(&out)),
+    ]));
+
+    let mut cmd = IdpbCommand::new();
+    cmd.args(["inspect", &target, "--format", "json", "-q"]);
+    let shown = json_result(&cmd.run());
+    let platforms: Vec<&str> =
+        shown["manifests"].as_array().into_iter().flatten().filter_map(|m| m["platform"].as_str()).collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"], "{shown}");
+}
+
+/// A multi-platform `--tar` loads into Docker as the host's platform.
+#[test]
+fn a_multi_platform_tar_loads_the_hosts_image() {
+    let tmp = TempDir::new("platforms-tar");
+    let layout = busybox_base(&tmp.join("base"));
+    retag_architecture(&layout, BASE_TAG, "arm", "arm64");
+    add_platform_index(&layout, "multi", &[(BASE_TAG, "linux/amd64"), ("arm", "linux/arm64")]);
+    let ctx = small_context(&tmp, "ctx", "loaded from a tar\n");
+    let tar = tmp.join("multi.tar");
+    let base = format!("oci:{}:multi", path_str(&layout));
+    let output = idpb(
+        [
+            "build",
+            &path_str(&ctx),
+            "-t",
+            "multi:tar",
+            "--base",
+            &base,
+            "--platform",
+            "all",
+            "--tar",
+            &path_str(&tar),
+            "-q",
+        ]
+        .iter(),
+        &[],
+    );
+    output.assert_success();
+    let engine = DockerEngine::start();
+    engine.checked(&["load", "-i", &path_str(&tar)]);
+    let run = engine.checked(&["run", "--rm", "--network", "none", "multi:tar", "cat /app/hello.txt"]);
+    assert!(run.stdout.contains("loaded from a tar"), "{run}");
+}
