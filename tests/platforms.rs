@@ -135,9 +135,10 @@ fn per_platform_contexts_give_each_platform_its_own_layer() {
 }
 
 /// `--platform all` on a two-platform base index: an index of the same two platforms, each on its own base
-/// manifest, our layer shared; the Docker engine pulls the tag and runs the amd64 image.
+/// manifest, our layer shared; skopeo copies it all or picks arm64; podman and the Docker engine pull the
+/// tag and run the amd64 image.
 #[test]
-fn platform_all_follows_the_base_index_and_docker_runs_it() {
+fn platform_all_follows_the_base_index_and_podman_and_docker_run_it() {
     let registry = Registry::start(RegistryMode::Http);
     let tmp = TempDir::new("platforms-all");
     let layout = busybox_base(&tmp.join("base"));
@@ -158,6 +159,31 @@ fn platform_all_follows_the_base_index_and_docker_runs_it() {
     assert_eq!(ours[0]["digest"], ours[1]["digest"], "our layer shared: {index}");
     assert_eq!(result["platforms"].as_array().map(Vec::len), Some(2), "{result}");
 
+    // skopeo takes the whole index, or the arm64 image when asked.
+    let all = tmp.join("all");
+    checked(std::process::Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:all", path_str(&all)),
+    ]));
+    let arm = tmp.join("arm");
+    checked(std::process::Command::new("skopeo").args([
+        "--override-arch",
+        "arm64",
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:arm", path_str(&arm)),
+    ]));
+    assert_eq!(skopeo_inspect_layout_config(&arm, "arm")["architecture"], "arm64");
+
+    // podman and the Docker engine pull the tag and run the amd64 image.
+    let podman = Podman::new();
+    let run = podman.podman(&["run", "--rm", "--tls-verify=false", &target, "cat /app/hello.txt; uname -m"]);
+    run.assert_success();
+    assert!(run.stdout.contains("on every platform") && run.stdout.contains("x86_64"), "{run}");
     let engine = DockerEngine::start();
     engine.checked(&["pull", &target]);
     let run = engine.checked(&["run", "--rm", "--network", "none", &target, "cat /app/hello.txt; uname -m"]);
