@@ -36,6 +36,29 @@ fn platform_of(entry: &Value) -> String {
     s
 }
 
+/// `skopeo copy --all` of `target` into the layout `out` as `:all`.
+fn skopeo_copy_all(target: &str, out: &Path) {
+    checked(std::process::Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:all", path_str(out)),
+    ]));
+}
+
+/// `skopeo --override-arch arm64 copy` of `target` into the layout `out` as `:arm`.
+fn skopeo_copy_arm64(target: &str, out: &Path) {
+    checked(std::process::Command::new("skopeo").args([
+        "--override-arch",
+        "arm64",
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:arm", path_str(out)),
+    ]));
+}
+
 fn manifest_by_digest(registry: &Registry, repo: &str, digest: &str) -> Value {
     skopeo_inspect_raw(registry, &format!("{repo}@{digest}"))
 }
@@ -82,22 +105,9 @@ fn two_platforms_share_one_layer_under_an_index() {
     assert_eq!(result["platforms"].as_array().map(Vec::len), Some(2), "{result}");
 
     let out = tmp.join("all");
-    checked(std::process::Command::new("skopeo").args([
-        "copy",
-        "--all",
-        "--src-tls-verify=false",
-        &format!("docker://{target}"),
-        &format!("oci:{}:all", path_str(&out)),
-    ]));
+    skopeo_copy_all(&target, &out);
     let arm = tmp.join("arm");
-    checked(std::process::Command::new("skopeo").args([
-        "--override-arch",
-        "arm64",
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{target}"),
-        &format!("oci:{}:arm", path_str(&arm)),
-    ]));
+    skopeo_copy_arm64(&target, &arm);
     assert_eq!(skopeo_inspect_layout_config(&arm, "arm")["architecture"], "arm64");
     let rootfs = umoci_unpack(&arm, "arm", &tmp.join("arm-bundle"));
     assert_eq!(std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap_or_default(), "same for both\n");
@@ -161,22 +171,9 @@ fn platform_all_follows_the_base_index_and_podman_and_docker_run_it() {
 
     // skopeo takes the whole index, or the arm64 image when asked.
     let all = tmp.join("all");
-    checked(std::process::Command::new("skopeo").args([
-        "copy",
-        "--all",
-        "--src-tls-verify=false",
-        &format!("docker://{target}"),
-        &format!("oci:{}:all", path_str(&all)),
-    ]));
+    skopeo_copy_all(&target, &all);
     let arm = tmp.join("arm");
-    checked(std::process::Command::new("skopeo").args([
-        "--override-arch",
-        "arm64",
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{target}"),
-        &format!("oci:{}:arm", path_str(&arm)),
-    ]));
+    skopeo_copy_arm64(&target, &arm);
     assert_eq!(skopeo_inspect_layout_config(&arm, "arm")["architecture"], "arm64");
 
     // podman and the Docker engine pull the tag and run the amd64 image.
@@ -234,13 +231,7 @@ fn a_multi_platform_layout_pushes_whole_and_inspect_shows_each_platform() {
     assert_eq!(pushed["digest"], built["digest"], "the layout's index, as it is: {pushed}");
     assert_eq!(stored_digest(&registry, "ns/fromlayout", "1").as_deref(), built["digest"].as_str());
     let out = tmp.join("all");
-    checked(std::process::Command::new("skopeo").args([
-        "copy",
-        "--all",
-        "--src-tls-verify=false",
-        &format!("docker://{target}"),
-        &format!("oci:{}:all", path_str(&out)),
-    ]));
+    skopeo_copy_all(&target, &out);
 
     let mut cmd = IdpbCommand::new();
     cmd.args(["inspect", &target, "--format", "json", "-q"]);

@@ -632,14 +632,22 @@ pub(crate) fn resolve_base<A: ImageFlags + RegistryFlags>(
     if *base == crate::base::BaseRef::Scratch {
         return Ok(None);
     }
+    let cache = store_dir().ok().map(|d| d.join("cache"));
+    crate::base::resolve(base, platform, cache.as_deref(), base_opener(args, lookup, quiet)?)
+}
+
+/// Connects to a base's registry when first needed, with the command's credentials and TLS options.
+fn base_opener<A: RegistryFlags>(
+    args: &A,
+    lookup: &crate::credentials::Lookup,
+    quiet: bool,
+) -> Result<crate::base::Connect> {
     let mut connect = args.connect_options()?;
     connect.quiet = quiet;
     let lookup = lookup.clone();
-    let opener: crate::base::Connect = Box::new(move |host: &str| {
+    Ok(Box::new(move |host: &str| {
         crate::registry::open(host, &lookup, &connect, &mut crate::progress::Progress::new(quiet))
-    });
-    let cache = store_dir().ok().map(|d| d.join("cache"));
-    crate::base::resolve(base, platform, cache.as_deref(), opener)
+    }))
 }
 
 /// Whether the `--platform` values ask for an index (several platforms, or `all`).
@@ -657,14 +665,8 @@ pub(crate) fn platform_list<A: ImageFlags + RegistryFlags>(
     quiet: bool,
 ) -> Result<Vec<(Platform, Option<PathBuf>)>> {
     if targets.iter().any(|t| t.platform == PlatformChoice::All) {
-        let mut connect = args.connect_options()?;
-        connect.quiet = quiet;
-        let lookup = lookup.clone();
-        let opener: crate::base::Connect = Box::new(move |host: &str| {
-            crate::registry::open(host, &lookup, &connect, &mut crate::progress::Progress::new(quiet))
-        });
         let cache = store_dir().ok().map(|d| d.join("cache"));
-        let list = crate::base::platforms(base, cache.as_deref(), opener)?;
+        let list = crate::base::platforms(base, cache.as_deref(), base_opener(args, lookup, quiet)?)?;
         return Ok(list.into_iter().map(|p| (p, None)).collect());
     }
     Ok(targets
