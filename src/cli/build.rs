@@ -52,6 +52,16 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let plan = Plan { context, layer, image, split };
     let cache = args.layer_cache()?;
     let cache = cache.as_ref();
+    // Bases first: a missing base must leave no output behind.
+    let list = if multi {
+        super::platform_list(&base_ref, &targets, &lookup, &args, args.quiet)?
+    } else {
+        vec![(plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host), None)]
+    };
+    let mut bases = Vec::new();
+    for (platform, _) in &list {
+        bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
+    }
     let (output, mut sink): (PathBuf, Box<dyn Sink>) = if let Some(dir) = &args.oci_layout {
         (dir.clone(), Box::new(LayoutSink::create(dir)?))
     } else if let Some(file) = &args.tar {
@@ -63,19 +73,13 @@ pub fn run(args: BuildArgs) -> Result<()> {
     // A tar is written whole each time: the layer cache cannot skip anything there.
     let cache = if args.tar.is_some() { None } else { cache };
     if multi {
-        let list = super::platform_list(&base_ref, &targets, &lookup, &args, args.quiet)?;
-        let mut bases = Vec::new();
-        for (platform, _) in &list {
-            bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
-        }
         let items = super::platform_images(&plan, &list, &mut bases)?;
         let built =
             pipeline::run_index(items, &plan.image.index_annotations, sink.as_mut(), &names, &mut progress, cache)?;
         return report_index(&built, &names, &output, json, args.digest_file.as_deref());
     }
-    let platform = plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host);
-    let mut base = super::resolve_base(&args, &base_ref, &platform, args.quiet, &lookup)?;
-    let built = pipeline::run(&plan, base.as_mut(), sink.as_mut(), &names, &mut progress, cache)?;
+    let base = bases.first_mut().and_then(Option::as_mut);
+    let built = pipeline::run(&plan, base, sink.as_mut(), &names, &mut progress, cache)?;
     report(&built, &names, &output, json, args.digest_file.as_deref())
 }
 
