@@ -331,13 +331,19 @@ pub fn run_index(
             image.manifest.digest.clone(),
             image.manifest.bytes.len() as u64,
         );
-        desc.platform = image.manifest.platform.clone();
+        // The platform asked for (as the base index names it), which may be more precise than the
+        // base's config (an arm config without its variant).
+        desc.platform = Some(item.platform.clone());
         entries.push(desc);
         built.push(image);
     }
+    // Docker schema 2 images (on a Docker base) go in a Docker manifest list, as buildx does; OCI in an
+    // OCI index.
+    let docker = !entries.is_empty() && entries.iter().all(|d| d.media_type.as_str() == MEDIA_TYPE_DOCKER_MANIFEST);
+    let index_type = if docker { crate::image::MEDIA_TYPE_DOCKER_LIST } else { crate::image::MEDIA_TYPE_INDEX };
     let index = crate::image::Index {
         schema_version: 2,
-        media_type: crate::image::MEDIA_TYPE_INDEX.into(),
+        media_type: index_type.into(),
         manifests: entries,
         annotations: index_annotations.clone(),
     };
@@ -395,8 +401,36 @@ fn build_image(
     }
     // One layer per part of the context, each with its own cache entry: a re-push that changed only
     // one part reads, compresses and sends only that one.
-    let key =
-        format!("{}\0{}\0{:?}\0{:?}", plan.context.root().display(), plan.context.part_id(), plan.split, plan.layer);
+    // What the layers depend on: the context, the split, the options and, on a base, only what the base
+    // does to this context's directories.
+    let signature = match &plan.layer.rootfs {
+        None => String::new(),
+        Some(fs) => {
+            let mut dirs: Vec<String> = Vec::new();
+            let prefix = plan.layer.prefix.clone();
+            let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+            for i in 0..parts.len() {
+                dirs.push(parts[..=i].join("/"));
+            }
+            plan.context.walk(
+                &mut |e| {
+                    if e.kind == Kind::Dir {
+                        dirs.push(if prefix.is_empty() { e.rel } else { format!("{prefix}/{}", e.rel) });
+                    }
+                    Ok(())
+                },
+                &mut |_, _| {},
+            )?;
+            fs.signature(dirs.iter().map(String::as_str))
+        }
+    };
+    let options = LayerOptions { rootfs: None, ..plan.layer.clone() };
+    let key = format!(
+        "{}\0{}\0{:?}\0{options:?}\0{signature}",
+        plan.context.root().display(),
+        plan.context.part_id(),
+        plan.split
+    );
     let ours = match done.0.get(&key) {
         Some(layers) => layers.clone(),
         None => {

@@ -184,6 +184,20 @@ impl RootFs {
         out.join("/")
     }
 
+    /// What this base does to a layer whose directories are `dirs` (context-relative, prefix included):
+    /// where each lands and which mode it keeps. Two bases with the same signature for a context give the
+    /// same layer bytes, so a context shared by platforms is written once even when the bases differ
+    /// elsewhere (`/usr/lib/x86_64-linux-gnu` against `/usr/lib/aarch64-linux-gnu`).
+    pub fn signature<'a>(&self, dirs: impl Iterator<Item = &'a str>) -> String {
+        let mut h = Sha256::new();
+        for d in dirs {
+            let landed = self.resolve(d, true);
+            h.update(format!("{d}\0{landed}\0{:?}\0", self.dir_mode(&landed)).as_bytes());
+            // A parent's symlink changes where a file lands too: files are resolved through the same parents.
+        }
+        hex::encode(h.finalize())
+    }
+
     /// The mode of a directory the base has at `path` (already resolved).
     pub fn dir_mode(&self, path: &str) -> Option<u32> {
         self.dirs.get(&clean(path)).copied()

@@ -274,3 +274,48 @@ fn a_multi_platform_tar_loads_the_hosts_image() {
     let run = engine.checked(&["run", "--rm", "--network", "none", "multi:tar", "cat /app/hello.txt"]);
     assert!(run.stdout.contains("loaded from a tar"), "{run}");
 }
+
+/// A platform without `=DIR` uses CONTEXT, not another platform's directory; `--platform all` on a
+/// single-image base gives that image's one platform as a plain manifest.
+#[test]
+fn platforms_without_a_directory_use_the_context_and_all_on_one_image_is_one_manifest() {
+    let tmp = TempDir::new("platforms-mixed");
+    let ctx = small_context(&tmp, "ctx", "the command's context\n");
+    let own = small_context(&tmp, "own", "amd64's own directory\n");
+    let out = tmp.join("out");
+    let amd = format!("linux/amd64={}", path_str(&own));
+    let built = idpb(
+        ["build", &path_str(&ctx), "-t", "mixed:1", "--platform", &amd, "--platform", "linux/arm64"]
+            .iter()
+            .chain(["--oci-layout", &path_str(&out), "--format", "json", "-q"].iter()),
+        &[],
+    );
+    let built = json_result(&built);
+    let platforms = built["platforms"].as_array().cloned().unwrap_or_default();
+    assert_eq!(platforms.len(), 2, "{built}");
+    assert_ne!(platforms[0]["layers"][0]["diff_id"], platforms[1]["layers"][0]["diff_id"], "{built}");
+    let arm = tmp.join("arm");
+    checked(std::process::Command::new("skopeo").args([
+        "--override-arch",
+        "arm64",
+        "copy",
+        &format!("oci:{}:1", path_str(&out)),
+        &format!("oci:{}:arm", path_str(&arm)),
+    ]));
+    let rootfs = umoci_unpack(&arm, "arm", &tmp.join("arm-bundle"));
+    assert_eq!(std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap_or_default(), "the command's context\n");
+
+    let base = busybox_base(&tmp.join("base"));
+    let single = tmp.join("single");
+    let base_ref = format!("oci:{}:{BASE_TAG}", path_str(&base));
+    let output = idpb(
+        ["build", &path_str(&ctx), "-t", "one:1", "--base", &base_ref, "--platform", "all"]
+            .iter()
+            .chain(["--oci-layout", &path_str(&single), "--format", "json", "-q"].iter()),
+        &[],
+    );
+    let result = json_result(&output);
+    assert!(result["platforms"].is_null(), "one platform, no index: {result}");
+    let (manifest, _) = layout_manifest(&single, "1");
+    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json", "{manifest}");
+}

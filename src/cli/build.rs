@@ -58,10 +58,19 @@ pub fn run(args: BuildArgs) -> Result<()> {
     } else {
         vec![(plan.image.platform.clone().unwrap_or_else(crate::image::Platform::host), None)]
     };
+    // `--platform all` on a single-image base is that image's one platform: a manifest, as without it.
+    let multi = multi && list.len() > 1;
     let mut bases = Vec::new();
     for (platform, _) in &list {
         bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
     }
+    let mut plan = plan;
+    if !multi && let Some((p, _)) = list.first() {
+        plan.image.platform = Some(p.clone());
+    }
+    // Every context opened before the output is created: a missing directory leaves nothing behind.
+    let items =
+        if multi { Some(super::platform_images(&plan, &list, args.context.as_deref(), &mut bases)?) } else { None };
     let (output, mut sink): (PathBuf, Box<dyn Sink>) = if let Some(dir) = &args.oci_layout {
         (dir.clone(), Box::new(LayoutSink::create(dir)?))
     } else if let Some(file) = &args.tar {
@@ -72,8 +81,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     };
     // A tar is written whole each time: the layer cache cannot skip anything there.
     let cache = if args.tar.is_some() { None } else { cache };
-    if multi {
-        let items = super::platform_images(&plan, &list, &mut bases)?;
+    if let Some(items) = items {
         let built =
             pipeline::run_index(items, &plan.image.index_annotations, sink.as_mut(), &names, &mut progress, cache)?;
         return report_index(&built, &names, &output, json, args.digest_file.as_deref());

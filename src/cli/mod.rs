@@ -505,6 +505,12 @@ pub trait ImageFlags {
             }
         }
         let targets = self.platforms()?;
+        if !o.index_annotations.is_empty() && !is_multi_platform(&targets) {
+            return Err(Error::usage(
+                "--annotation index:KEY=VALUE annotates the index of a multi-platform image: give several \
+                 --platform values, or drop the index: prefix",
+            ));
+        }
         if let [one] = targets.as_slice()
             && let PlatformChoice::One(p) = &one.platform
         {
@@ -585,8 +591,14 @@ pub trait ImageFlags {
                 } else {
                     PlatformChoice::One(Platform::parse(spec)?)
                 };
-                if !out.iter().any(|t| t.platform == platform) {
-                    out.push(PlatformTarget { platform, context: dir });
+                match out.iter().find(|t| t.platform == platform) {
+                    Some(t) if t.context != dir => {
+                        return Err(Error::usage(format!(
+                            "--platform {item:?}: that platform is given twice with different directories"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => out.push(PlatformTarget { platform, context: dir }),
                 }
             }
         }
@@ -682,13 +694,27 @@ pub(crate) fn platform_list<A: ImageFlags + RegistryFlags>(
 pub(crate) fn platform_images<'a>(
     plan: &crate::pipeline::Plan,
     list: &[(Platform, Option<PathBuf>)],
+    command_context: Option<&std::path::Path>,
     bases: &'a mut [Option<crate::base::Base>],
 ) -> Result<Vec<crate::pipeline::PlatformImage<'a>>> {
     let mut items = Vec::new();
+    // A platform without `=DIR` uses CONTEXT (default `.`), not another platform's directory.
+    let mut shared: Option<crate::walk::Context> = None;
     for ((platform, dir), base) in list.iter().zip(bases.iter_mut()) {
         let context = match dir {
             Some(d) => crate::walk::Context::open(d)?,
-            None => plan.context.clone(),
+            None => match &shared {
+                Some(c) => c.clone(),
+                None => {
+                    let c = match command_context {
+                        Some(d) if d == plan.context.root() => plan.context.clone(),
+                        Some(d) => crate::walk::Context::open(d)?,
+                        None => crate::walk::Context::open(std::path::Path::new("."))?,
+                    };
+                    shared = Some(c.clone());
+                    c
+                }
+            },
         };
         let plan = crate::pipeline::Plan { context, ..plan.clone() };
         items.push(crate::pipeline::PlatformImage { platform: platform.clone(), plan, base: base.as_mut() });

@@ -70,6 +70,8 @@ pub fn run(args: PushArgs) -> Result<()> {
         }
         Source::Layout { .. } => Vec::new(),
     };
+    // `--platform all` on a single-image base is that image's one platform: a manifest, as without it.
+    let multi = multi && list.len() > 1;
     let mut bases = Vec::new();
     for (platform, _) in &list {
         bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
@@ -82,7 +84,7 @@ pub fn run(args: PushArgs) -> Result<()> {
     }
     let result = crate::registry::sink::with_targets(&mut sinks, |sink| match &source {
         Source::Context(plan) if multi => {
-            let items = super::platform_images(plan, &list, &mut bases)?;
+            let items = super::platform_images(plan, &list, args.context.as_deref(), &mut bases)?;
             let built =
                 pipeline::run_index(items, &plan.image.index_annotations, sink, &names, &mut progress, cache.as_ref())?;
             Ok((built.index, Pushed::Index(built.images)))
@@ -110,6 +112,19 @@ pub fn run(args: PushArgs) -> Result<()> {
         if let Pushed::Index(images) = &built {
             value["mediaType"] = json!(manifest.media_type);
             value["platforms"] = super::platforms_json(images);
+        }
+        if matches!(built, Pushed::Copied) && manifest.media_type.is_index() {
+            // An index from a layout or the store: each platform's manifest as the index names it.
+            let index: crate::image::Index = serde_json::from_slice(&manifest.bytes)
+                .map_err(|e| Error::Layout(format!("cannot read back the index: {e}")))?;
+            value["mediaType"] = json!(manifest.media_type);
+            value["platforms"] = json!(
+                index
+                    .manifests
+                    .iter()
+                    .map(|d| json!({"platform": d.platform.as_ref().map(|p| p.to_string()), "digest": d.digest}))
+                    .collect::<Vec<_>>()
+            );
         }
         if let Pushed::Image(b) = built {
             value["config_digest"] = json!(b.config_digest);

@@ -392,6 +392,7 @@ impl Sink for RegistrySink {
                     };
                     self.bring_blobs(&repo, &child)?;
                     self.registry.put_manifest(&repo, child.digest.as_str(), &child)?;
+                    self.report.manifests += 1;
                 }
             } else {
                 self.bring_blobs(&repo, manifest)?;
