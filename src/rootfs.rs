@@ -296,6 +296,16 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_depends_only_on_what_the_context_reaches() {
+        let amd = fs(&[("bin", "usr/bin")], &[("usr/lib/x86_64-linux-gnu", 0o755), ("tmp", 0o1777)]);
+        let arm = fs(&[("bin", "usr/bin")], &[("usr/lib/aarch64-linux-gnu", 0o755), ("tmp", 0o1777)]);
+        let ctx = ["app", "bin", "tmp"];
+        assert_eq!(amd.signature(ctx.into_iter()), arm.signature(ctx.into_iter()));
+        let plain = fs(&[], &[("tmp", 0o1777)]);
+        assert_ne!(amd.signature(ctx.into_iter()), plain.signature(ctx.into_iter()), "bin lands elsewhere");
+    }
+
+    #[test]
     fn layers_apply_in_order_with_whiteouts() {
         let mut f = RootFs::default();
         f.apply(LayerIndex {
