@@ -182,12 +182,7 @@ impl FromRegistry<'_> {
         if std::fs::create_dir_all(dir).is_err() {
             return;
         }
-        let tmp = dir.join(format!(".tmp-doc-{}-{}", std::process::id(), digest.hex()));
-        if std::fs::write(&tmp, bytes).is_ok()
-            && std::fs::rename(&tmp, dir.join(format!("doc-{}", digest.hex()))).is_err()
-        {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::atomic::write(&dir.join(format!("doc-{}", digest.hex())), bytes, 0o644);
     }
 }
 

@@ -99,10 +99,7 @@ impl LayerCache {
         if std::fs::create_dir_all(&self.dir).is_err() {
             return;
         }
-        let tmp = self.dir.join(format!(".tmp-{}-{fingerprint}", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, self.path(fingerprint)).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::atomic::write(&self.path(fingerprint), &bytes, 0o644);
     }
 }
 

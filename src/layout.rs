@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -24,25 +23,9 @@ use crate::sink::{BlobWriter, ManifestBlob, Sink};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn temp_name(prefix: &str) -> String {
-    format!("{prefix}.tmp-{}-{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename.
+/// Writes `bytes` to `path` through a new temp file in the same directory and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(temp_name(&format!(".{name}")));
-    if let Err(e) = fs::write(&tmp, bytes) {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, "write", e));
-    }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, "write", e)
-    })
+    crate::atomic::write(path, bytes, 0o644)
 }
 
 /// Adds `desc` (annotated with the reference's names) to `index`, replacing an entry of the same name.
@@ -235,8 +218,8 @@ impl Sink for LayoutSink {
     }
 
     fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>> {
-        let tmp = self.blobs.join(temp_name(""));
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+        let (file, tmp) = crate::atomic::temp_file(&self.blobs, "blob", 0o644)
+            .map_err(|e| Error::io(&self.blobs, "create a blob in", e))?;
         Ok(Box::new(LayoutBlobWriter { file, tmp, blobs: self.blobs.clone() }))
     }
 
@@ -296,8 +279,7 @@ impl TarSink {
             _ => PathBuf::from("."),
         };
         let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("image.tar");
-        let tmp = dir.join(temp_name(&format!(".{name}")));
-        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+        let (mut file, tmp) = crate::atomic::temp_file(&dir, name, 0o644).map_err(|e| Error::io(dest, "create", e))?;
         let mut head = Vec::new();
         for dir in ["blobs/", "blobs/sha256/"] {
             head.extend_from_slice(tar_header(dir, tar::EntryType::Directory, 0).as_bytes());

@@ -6,6 +6,7 @@
 //! docker-loadable tar on disk ([`layout`]) or a registry. [`pipeline`] wires the stages; [`cli`] is the
 //! command line on top. Each module answers one question and documents its design at its top.
 
+pub mod atomic;
 pub mod auth;
 pub mod base;
 pub mod cache;

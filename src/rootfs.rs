@@ -226,10 +226,7 @@ fn write_cached(dir: &Path, digest: &Digest, index: &LayerIndex) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(".tmp-rootfs-{}-{}", std::process::id(), digest.hex()));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, cache_path(dir, digest)).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = crate::atomic::write(&cache_path(dir, digest), &bytes, 0o644);
 }
 
 /// The headers of one layer's tar, streamed (bodies skipped).

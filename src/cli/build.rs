@@ -101,7 +101,7 @@ fn report_index(
 ) -> Result<()> {
     let digest = &built.index.digest;
     if let Some(path) = digest_file {
-        std::fs::write(path, format!("{digest}\n")).map_err(|e| Error::io(path, "write", e))?;
+        crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644)?;
     }
     // Every blob once: platforms share layers.
     let mut blobs: std::collections::BTreeMap<&crate::digest::Digest, u64> = Default::default();
@@ -210,7 +210,7 @@ pub(super) fn report(
 ) -> Result<()> {
     let digest = &built.manifest.digest;
     if let Some(path) = digest_file {
-        std::fs::write(path, format!("{digest}\n")).map_err(|e| Error::io(path, "write", e))?;
+        crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644)?;
     }
     if json {
         let value = json!({

@@ -97,7 +97,7 @@ pub fn run(args: PushArgs) -> Result<()> {
 
     let digest = &manifest.digest;
     if let Some(path) = &args.digest_file {
-        std::fs::write(path, format!("{digest}\n")).map_err(|e| Error::io(path, "write", e))?;
+        crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644)?;
     }
     let report = PushReport::merged(sinks.iter().map(|s| &s.report));
     if json {

@@ -6,8 +6,6 @@
 //! otherwise it is written to `auths[HOST].auth` (base64 of `user:password`), in a file created with mode
 //! 0600 and replaced atomically, keeping every other key of the config as it was.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -46,21 +44,15 @@ fn read_config(path: &Path) -> Result<Map<String, Value>> {
 fn write_config(path: &Path, config: &Map<String, Value>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
-    let tmp = dir.join(format!(".config.json.tmp-{}", std::process::id()));
     let mut bytes = serde_json::to_vec_pretty(config).map_err(|e| Error::Auth(format!("cannot encode config: {e}")))?;
     bytes.push(b'\n');
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()));
-    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, "write", e));
-    }
-    Ok(())
+    // A config.json that is itself a symlink (dotfiles managers do this) is written at its target, as
+    // docker does; the temp file beside it is new (O_EXCL, unpredictable name) and 0600 from its creation.
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    };
+    crate::atomic::write(&target, &bytes, 0o600)
 }
 
 /// The helper configured for `key`: `credHelpers[key]`, else `credsStore`.

@@ -93,10 +93,7 @@ impl BlobHomes {
         if std::fs::create_dir_all(dir).is_err() {
             return;
         }
-        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, &self.path).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::atomic::write(&self.path, &bytes, 0o644);
     }
 }
 

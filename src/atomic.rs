@@ -1,0 +1,98 @@
+//! Writing files where someone else may be writing too, or may have planted a link.
+//!
+//! Every file docker-idpb writes (a digest file, a layout's `index.json` and blobs, a tar, the store's caches,
+//! Docker's `config.json`) goes through a temp file in the destination's own directory, created with
+//! `create_new` (`O_EXCL`: a file or symlink already at that name is an error, never written through) under
+//! a name that cannot be guessed (random bits from std's per-process `RandomState` keys, plus a counter),
+//! with the mode it must end up with (0600 for anything holding credentials) from its creation, then
+//! renamed over the destination. `rename` replaces a symlink planted at the destination instead of following
+//! it, and a reader sees the old file or the new one, never half of one.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// 16 hex digits nobody can predict.
+fn unpredictable() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// Creates a new temp file in `dir` (`.PREFIX.tmp-RANDOM`) with `mode`, never opening anything that was
+/// already there.
+pub fn temp_file(dir: &Path, prefix: &str, mode: u32) -> io::Result<(File, PathBuf)> {
+    loop {
+        let path = dir.join(format!(".{prefix}.tmp-{}", unpredictable()));
+        match OpenOptions::new().write(true).create_new(true).mode(mode).open(&path) {
+            Ok(file) => return Ok((file, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` (mode `mode`) through a new temp file beside it and a rename.
+pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let (mut file, tmp) = temp_file(dir, name, mode).map_err(|e| Error::io(path, "write", e))?;
+    let written = file.write_all(bytes).and_then(|_| file.sync_all());
+    drop(file);
+    if let Err(e) = written.and_then(|_| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, "write", e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("idpb-atomic-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_destination_is_replaced_not_followed() {
+        let d = scratch("planted");
+        let victim = d.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        symlink(&victim, d.join("digest")).unwrap();
+        write(&d.join("digest"), b"sha256:abc\n", 0o644).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(!fs::symlink_metadata(d.join("digest")).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(d.join("digest")).unwrap(), b"sha256:abc\n");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn temp_files_are_new_unpredictable_and_created_with_their_mode() {
+        let d = scratch("temp");
+        let (_, a) = temp_file(&d, "config.json", 0o600).unwrap();
+        let (_, b) = temp_file(&d, "config.json", 0o600).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o600);
+        let name = a.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.starts_with(".config.json.tmp-") && name.len() == ".config.json.tmp-".len() + 16, "{name}");
+        // Nothing predictable about the suffix: not the pid, not a counter.
+        assert!(!name.contains(&std::process::id().to_string()) || name.len() > 20);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,38 @@
+//! Local files written safely (issue 11, the part that is done): outputs go through a new temp file (`O_EXCL`,
+//! unpredictable name) in the destination's directory and a rename, so a symlink planted at an output path
+//! is replaced, never written through.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use support::*;
+
+/// `--digest-file` at a planted symlink: the link's target is untouched, the digest file is a regular file
+/// holding the digest (build and push alike).
+#[test]
+fn a_digest_file_planted_as_a_symlink_is_replaced_not_written_through() {
+    let tmp = TempDir::new("local-digest");
+    let ctx = tmp.subdir("ctx");
+    write_file(&ctx.join("hello.txt"), b"hi\n");
+    let registry = Registry::start(RegistryMode::Http);
+    for command in ["build", "push"] {
+        let victim = tmp.join(format!("victim-{command}"));
+        fs::write(&victim, b"precious").expect("victim");
+        let digest_file = tmp.join(format!("digest-{command}"));
+        symlink(&victim, &digest_file).expect("plant the link");
+        let mut cmd = IdpbCommand::new();
+        cmd.arg(command).arg(&ctx).arg("--digest-file").arg(&digest_file).arg("-q");
+        if command == "push" {
+            cmd.args(["-t", &registry.reference("ns/app:1")]);
+        } else {
+            cmd.arg("--oci-layout").arg(tmp.join("out"));
+        }
+        cmd.run().assert_success();
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious", "{command}: the link's target is untouched");
+        let meta = fs::symlink_metadata(&digest_file).expect("digest file");
+        assert!(meta.file_type().is_file(), "{command}: a regular file now");
+        let text = fs::read_to_string(&digest_file).expect("digest");
+        assert_digest(text.trim());
+    }
+}
