@@ -191,10 +191,12 @@ impl fmt::Display for Error {
                     _ => "",
                 };
                 // NotFound's own text repeats the hint; keep one of them.
+                // Paths are shown escaped: a file name cannot forge output or drive the terminal.
+                let path = crate::progress::escaped(&path.display().to_string());
                 if source.kind() == io::ErrorKind::NotFound {
-                    write!(f, "cannot {action} {}{hint}", path.display())
+                    write!(f, "cannot {action} {path}{hint}")
                 } else {
-                    write!(f, "cannot {action} {}: {}{hint}", path.display(), strip_os_error(source))
+                    write!(f, "cannot {action} {path}: {}{hint}", strip_os_error(source))
                 }
             }
             Error::Context(m) => write!(f, "{m}"),

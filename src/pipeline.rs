@@ -60,7 +60,8 @@ struct Skipped(Vec<(std::path::PathBuf, String)>);
 impl Skipped {
     fn report(&self, progress: &mut Progress) {
         for (path, what) in &self.0 {
-            progress.warn(&format!("skipped {} ({what}: cannot be stored in an image)", path.display()));
+            let path = crate::progress::escaped(&path.display().to_string());
+            progress.warn(&format!("skipped {path} ({what}: cannot be stored in an image)"));
         }
     }
 }

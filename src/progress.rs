@@ -111,3 +111,38 @@ mod tests {
         assert_eq!(super::human(20_000_000), "20.0 MB");
     }
 }
+
+/// `s` with control characters escaped as `ls -b` does (`\n`, `\t`, `\033`...) and backslashes doubled, so a
+/// file name cannot move the cursor, clear the screen or forge a line of output.
+pub fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:03o}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod escape_tests {
+    #[test]
+    fn control_characters_are_escaped_like_ls_b() {
+        assert_eq!(super::escaped("plain name.txt"), "plain name.txt");
+        assert_eq!(super::escaped("a\nb"), "a\\nb");
+        assert_eq!(super::escaped("\u{1b}[2Jx"), "\\033[2Jx");
+        assert_eq!(super::escaped("back\\slash\t"), "back\\\\slash\\t");
+        assert_eq!(super::escaped("\u{7f}"), "\\177");
+        assert_eq!(super::escaped("caf\u{e9}"), "caf\u{e9}");
+    }
+}

@@ -36,3 +36,36 @@ fn a_digest_file_planted_as_a_symlink_is_replaced_not_written_through() {
         assert_digest(text.trim());
     }
 }
+
+/// Names with newlines and terminal escapes are listed escaped, one line per entry (as `ls -b` does), and
+/// the layer keeps them unchanged.
+#[test]
+fn names_with_control_characters_are_printed_escaped_and_stored_unchanged() {
+    let tmp = TempDir::new("local-names");
+    let ctx = tmp.subdir("ctx");
+    write_file(&ctx.join("evil\nname"), b"1");
+    write_file(&ctx.join("clear\u{1b}[2J"), b"2");
+    let output = idpb(["build".as_ref(), ctx.as_os_str(), "--list".as_ref()], &[]);
+    output.assert_success();
+    assert!(!output.stdout.contains('\u{1b}'), "no escape reaches the terminal: {output}");
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    assert_eq!(lines, ["clear\\033[2J", "evil\\nname"], "{output}");
+
+    let out = tmp.join("out");
+    let built = idpb(
+        [
+            "build".as_ref(),
+            ctx.as_os_str(),
+            "-t".as_ref(),
+            "n:1".as_ref(),
+            "--oci-layout".as_ref(),
+            out.as_os_str(),
+            "-q".as_ref(),
+        ],
+        &[],
+    );
+    built.assert_success();
+    let rootfs = umoci_unpack(&out, "1", &tmp.join("bundle"));
+    assert_eq!(fs::read(rootfs.join("evil\nname")).expect("the name is kept"), b"1");
+    assert_eq!(fs::read(rootfs.join("clear\u{1b}[2J")).expect("the name is kept"), b"2");
+}

@@ -189,13 +189,17 @@ fn list(context: &Context, split: &crate::walk::Split) -> Result<()> {
                 .map_err(|e| Error::io("stdout", "write", e))?;
         }
         let mut visit = |entry: crate::walk::Entry| -> Result<()> {
+            // Names are printed escaped (as `ls -b` does): a name cannot forge a line or drive the terminal.
+            let name = crate::progress::escaped(&entry.rel);
             let line = match entry.kind {
-                Kind::Dir => format!("{}/", entry.rel),
-                _ => entry.rel,
+                Kind::Dir => format!("{name}/"),
+                _ => name,
             };
             writeln!(out, "{line}").map_err(|e| Error::io("stdout", "write", e))
         };
-        part.walk(&mut visit, &mut |path, what| eprintln!("warning: skipped {} ({what})", path.display()))?;
+        part.walk(&mut visit, &mut |path, what| {
+            eprintln!("warning: skipped {} ({what})", crate::progress::escaped(&path.display().to_string()))
+        })?;
     }
     out.flush().map_err(|e| Error::io("stdout", "write", e))
 }
