@@ -7,6 +7,10 @@
 //! with the mode it must end up with (0600 for anything holding credentials) from its creation, then
 //! renamed over the destination. `rename` replaces a symlink planted at the destination instead of following
 //! it, and a reader sees the old file or the new one, never half of one.
+//!
+//! Reading is bounded the same way everywhere: [`read_capped`] reads at most a cap (4 MiB for image JSON,
+//! [`CREDENTIALS_CAP`] for credential files) and fails with a one-line error naming the file beyond it, so a
+//! file pointed at `/dev/zero` costs a few MiB, not all of memory.
 
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
@@ -57,6 +61,49 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// The largest image JSON file read (a layout's `index.json`, manifests, configs): what registries accept.
+pub const IMAGE_JSON_CAP: u64 = 4 * 1024 * 1024;
+/// The largest credentials file read (`config.json`, `auth.json`).
+pub const CREDENTIALS_CAP: u64 = 16 * 1024 * 1024;
+
+/// The bytes of `path`, at most `cap` of them; an `io::ErrorKind::NotFound` stays that kind so callers can
+/// treat a missing file as empty.
+pub fn read_capped(path: &Path, cap: u64) -> std::result::Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let file = File::open(path).map_err(ReadError::Io)?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    if bytes.len() as u64 > cap {
+        return Err(ReadError::TooLarge(cap));
+    }
+    Ok(bytes)
+}
+
+/// Why [`read_capped`] failed.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    TooLarge(u64),
+}
+
+impl ReadError {
+    /// The error naming `path`.
+    pub fn for_path(self, path: &Path, action: &'static str) -> Error {
+        match self {
+            ReadError::Io(e) => Error::io(path, action, e),
+            ReadError::TooLarge(cap) => Error::Layout(format!(
+                "{} is larger than {} MiB, more than such a file can be; check what it is (a link to a device?)",
+                crate::progress::escaped(&path.display().to_string()),
+                cap / (1024 * 1024)
+            )),
+        }
+    }
+
+    pub fn not_found(&self) -> bool {
+        matches!(self, ReadError::Io(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +127,14 @@ mod tests {
         assert!(!fs::symlink_metadata(d.join("digest")).unwrap().file_type().is_symlink());
         assert_eq!(fs::read(d.join("digest")).unwrap(), b"sha256:abc\n");
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn reads_are_capped() {
+        let err = read_capped(Path::new("/dev/zero"), 1024).unwrap_err();
+        assert!(matches!(err, ReadError::TooLarge(1024)));
+        assert!(err.for_path(Path::new("/x/index.json"), "read").to_string().contains("/x/index.json"));
+        assert!(read_capped(Path::new("/nonexistent/x"), 10).unwrap_err().not_found());
     }
 
     #[test]

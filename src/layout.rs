@@ -67,7 +67,8 @@ impl Layout {
     /// The layout's index.json.
     pub fn index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
-        let bytes = fs::read(&path).map_err(|e| Error::io(&path, "read", e))?;
+        let bytes =
+            crate::atomic::read_capped(&path, crate::atomic::IMAGE_JSON_CAP).map_err(|e| e.for_path(&path, "read"))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Layout(format!("{} is not a valid image index: {e}", path.display())))
     }
@@ -80,7 +81,8 @@ impl Layout {
     /// Reads a whole blob (manifests and configs; layers are streamed with `open_blob`) and checks its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        let bytes = fs::read(&path).map_err(|e| Error::io(&path, "read blob", e))?;
+        let bytes = crate::atomic::read_capped(&path, crate::atomic::IMAGE_JSON_CAP)
+            .map_err(|e| e.for_path(&path, "read blob"))?;
         if Digest::of(&bytes) != *digest {
             return Err(Error::Layout(format!(
                 "blob {} does not match its digest (layout is corrupt)",
@@ -164,11 +166,11 @@ impl LayoutSink {
 
     fn index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
-        match fs::read(&path) {
+        match crate::atomic::read_capped(&path, crate::atomic::IMAGE_JSON_CAP) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Layout(format!("{} is not a valid image index: {e}", path.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::empty()),
-            Err(e) => Err(Error::io(&path, "read", e)),
+            Err(e) if e.not_found() => Ok(Index::empty()),
+            Err(e) => Err(e.for_path(&path, "read")),
         }
     }
 }

@@ -69,3 +69,49 @@ fn names_with_control_characters_are_printed_escaped_and_stored_unchanged() {
     assert_eq!(fs::read(rootfs.join("evil\nname")).expect("the name is kept"), b"1");
     assert_eq!(fs::read(rootfs.join("clear\u{1b}[2J")).expect("the name is kept"), b"2");
 }
+
+/// Local JSON pointed at `/dev/zero` (a layout's `index.json`, Docker's `config.json`) is refused with one
+/// line naming the file, in bounded memory (peak RSS under 64 MiB, measured with GNU time).
+#[test]
+fn local_json_pointed_at_dev_zero_is_refused_in_bounded_memory() {
+    require_tool("time");
+    let tmp = TempDir::new("local-zero");
+    let layout = tmp.subdir("layout");
+    fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("marker");
+    symlink("/dev/zero", layout.join("index.json")).expect("plant");
+    let ctx = tmp.subdir("ctx");
+    write_file(&ctx.join("hello.txt"), b"hi\n");
+    let cases: Vec<(Vec<String>, &str, bool)> = vec![
+        (
+            vec!["push".into(), "--oci-layout".into(), path_str(&layout), "-t".into(), "127.0.0.1:9/ns/x:1".into()],
+            "index.json",
+            false,
+        ),
+        (vec!["push".into(), path_str(&ctx), "-t".into(), "127.0.0.1:9/ns/x:1".into()], "config.json", true),
+    ];
+    for (args, file, zero_config) in cases {
+        let rss = tmp.join("rss");
+        let mut cmd = IdpbCommand::new();
+        if zero_config {
+            symlink("/dev/zero", cmd.docker_config().join("config.json")).expect("plant config");
+        }
+        let program = bin();
+        let (home, docker, idpb_home) = (cmd.home(), cmd.docker_config(), cmd.idpb_home());
+        let command = cmd.command();
+        *command = std::process::Command::new("/usr/bin/time");
+        command.arg("-o").arg(&rss).args(["-f", "%M"]).arg(&program).args(&args).arg("-q");
+        // IdpbCommand's isolation (HOME, DOCKER_CONFIG, IDPB_HOME) is set again on the new command.
+        command.env("HOME", home).env("DOCKER_CONFIG", docker).env("IDPB_HOME", idpb_home);
+        let output = cmd.run();
+        assert!(!output.success(), "{file}: {output}");
+        let last = output.stderr.lines().rfind(|l| l.starts_with("docker-idpb: ")).unwrap_or("");
+        assert!(last.contains(file), "{file}: the error names the file: {output}");
+        let kib: u64 = fs::read_to_string(&rss)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next_back()
+            .unwrap_or(u64::MAX);
+        assert!(kib < 64 * 1024, "{file}: peak RSS {kib} KiB");
+    }
+}

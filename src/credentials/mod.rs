@@ -23,7 +23,6 @@ pub mod store;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -389,10 +388,12 @@ fn parse_config(text: &str, label: &str) -> Result<ConfigFile> {
 
 /// A file's text, or `None` when it does not exist.
 fn read_optional(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
-        Err(e) => Err(Error::io(path, "read", e)),
+    match crate::atomic::read_capped(path, crate::atomic::CREDENTIALS_CAP) {
+        Ok(bytes) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| Error::Auth(format!("{} is not UTF-8 text; fix or remove it", path.display()))),
+        Err(e) if e.not_found() => Ok(None),
+        Err(e) => Err(e.for_path(path, "read")),
     }
 }
 

@@ -30,14 +30,14 @@ pub fn config_key(host: &str) -> String {
 }
 
 fn read_config(path: &Path) -> Result<Map<String, Value>> {
-    match std::fs::read(path) {
+    match crate::atomic::read_capped(path, crate::atomic::CREDENTIALS_CAP) {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Map::new()),
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => Ok(m),
             _ => Err(Error::Auth(format!("{} is not a JSON object; fix or remove it", path.display()))),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
-        Err(e) => Err(Error::io(path, "read", e)),
+        Err(e) if e.not_found() => Ok(Map::new()),
+        Err(e) => Err(e.for_path(path, "read")),
     }
 }
 
