@@ -78,9 +78,32 @@ impl Layout {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
+    /// The path of a blob that is a regular file inside the layout: not a symlink (which could point
+    /// anywhere, e.g. at a secret the push would upload), under `blobs/` and `blobs/sha256/` directories
+    /// that are not symlinks either.
+    fn checked_blob_path(&self, digest: &Digest) -> Result<PathBuf> {
+        let path = self.blob_path(digest);
+        for (p, what) in [
+            (self.root.join("blobs"), "directory"),
+            (self.root.join("blobs/sha256"), "directory"),
+            (path.clone(), "file"),
+        ] {
+            let meta = fs::symlink_metadata(&p).map_err(|e| Error::io(&p, "read blob", e))?;
+            let ok = if what == "file" { meta.file_type().is_file() } else { meta.file_type().is_dir() };
+            if !ok {
+                return Err(Error::Layout(format!(
+                    "{} is not a regular {what} inside the layout (a symlink?); refusing to read blob {digest} \
+                     through it",
+                    crate::progress::escaped(&p.display().to_string())
+                )));
+            }
+        }
+        Ok(path)
+    }
+
     /// Reads a whole blob (manifests and configs; layers are streamed with `open_blob`) and checks its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let path = self.blob_path(digest);
+        let path = self.checked_blob_path(digest)?;
         let bytes = crate::atomic::read_capped(&path, crate::atomic::IMAGE_JSON_CAP)
             .map_err(|e| e.for_path(&path, "read blob"))?;
         if Digest::of(&bytes) != *digest {
@@ -94,7 +117,7 @@ impl Layout {
 
     /// Opens a blob for streaming.
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
-        let path = self.blob_path(digest);
+        let path = self.checked_blob_path(digest)?;
         File::open(&path).map_err(|e| Error::io(&path, "read blob", e))
     }
 

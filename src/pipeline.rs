@@ -603,8 +603,8 @@ fn copy_image_blobs(
             continue;
         }
         let produce = |w: &mut dyn Write| -> Result<()> {
-            let mut f = layout.open_blob(&layer.digest)?;
-            std::io::copy(&mut f, w).map(|_| ()).map_err(crate::layer::sink_error)
+            let f = layout.open_blob(&layer.digest)?;
+            crate::sink::copy_checked(w, &layer.digest, layer.size, f)
         };
         restreaming(
             progress,
@@ -624,24 +624,32 @@ fn copy_image_blobs(
     Ok((blob, config_bytes, manifest.config.digest))
 }
 
+/// Streams a layout's blob into the sink, verified on the way: at most `size` + 1 bytes are read and
+/// their sha256 must be `digest`, or the writer is aborted (the upload session deleted) before the closing
+/// PUT, so nothing that is not the blob is ever stored under its name.
 fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, progress: &mut Progress) -> Result<()> {
-    let mut file = layout.open_blob(digest)?;
+    let file = layout.open_blob(digest)?;
     let mut writer = sink.blob_writer()?;
     progress.start(&format!("layer {}", short(digest)));
     let copied = {
-        let mut counted = Counted { inner: &mut writer, progress: &mut *progress };
-        std::io::copy(&mut file, &mut counted)
+        let counted = Counted { inner: &mut writer, progress: &mut *progress };
+        let mut hashing = crate::digest::HashingWriter::new(counted);
+        std::io::copy(&mut std::io::Read::take(file, size.saturating_add(1)), &mut hashing).map(|_| {
+            let (_, got, n) = hashing.finish();
+            (got, n)
+        })
     };
     match copied {
-        Ok(n) if n == size => {
+        Ok((got, n)) if got == *digest && n == size => {
             writer.commit(digest, size)?;
             progress.done(&crate::progress::human(size));
             Ok(())
         }
-        Ok(n) => {
+        Ok((got, n)) => {
             let _ = writer.abort();
             Err(Error::Layout(format!(
-                "blob {digest} in {} has {n} bytes, its manifest says {size}",
+                "blob {digest} in {} has {n} bytes hashing to {got} (its manifest says {size} bytes); nothing was \
+                 pushed for it",
                 layout.root().display()
             )))
         }

@@ -115,3 +115,65 @@ fn local_json_pointed_at_dev_zero_is_refused_in_bounded_memory() {
         assert!(kib < 64 * 1024, "{file}: peak RSS {kib} KiB");
     }
 }
+
+/// `push --oci-layout` never reads a blob through a symlink (which could point at any file) and verifies
+/// each blob while it streams: a blob whose bytes changed is refused before the closing PUT, its session
+/// deleted, no tag stored.
+#[test]
+fn layout_blobs_that_are_symlinks_or_do_not_match_are_never_pushed() {
+    let registry = Registry::start(RegistryMode::Http);
+    let tmp = TempDir::new("local-layout-blobs");
+    let ctx = tmp.subdir("ctx");
+    write_file(&ctx.join("data.bin"), &pseudo_random_bytes(3, 64 * 1024));
+    let secret = tmp.join("secret");
+    fs::write(&secret, b"not for any registry").expect("secret");
+    for case in ["symlink", "changed"] {
+        let layout = tmp.join(format!("layout-{case}"));
+        let built = idpb(
+            [
+                "build".as_ref(),
+                ctx.as_os_str(),
+                "-t".as_ref(),
+                "x:1".as_ref(),
+                "--oci-layout".as_ref(),
+                layout.as_os_str(),
+                "--format".as_ref(),
+                "json".as_ref(),
+                "-q".as_ref(),
+            ],
+            &[],
+        );
+        let built = json_result(&built);
+        let layer = built["layer_digest"].as_str().unwrap_or_default().to_string();
+        let blob = layout.join("blobs/sha256").join(&layer["sha256:".len()..]);
+        let original = fs::read(&blob).expect("blob");
+        fs::remove_file(&blob).expect("remove");
+        if case == "symlink" {
+            symlink(&secret, &blob).expect("plant");
+        } else {
+            let mut changed = original.clone();
+            let last = changed.len() - 1;
+            changed[last] ^= 0xff;
+            fs::write(&blob, &changed).expect("change");
+        }
+        let target = registry.reference(&format!("ns/{case}:1"));
+        let mut cmd = IdpbCommand::new();
+        cmd.args(["push", "--oci-layout", &path_str(&layout), "--image", "x:1", "-t", &target, "-q"]);
+        let output = cmd.run();
+        assert!(!output.success(), "{case}: {output}");
+        assert!(output.stderr.contains(&layer), "{case}: the error names the blob: {output}");
+        assert!(stored_digest(&registry, &format!("ns/{case}"), "1").is_none(), "{case}: no tag");
+        let finished = registry
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.contains(&format!("/v2/ns/{case}/blobs/uploads/")))
+            .count();
+        assert_eq!(finished, 0, "{case}: no blob upload was closed: {:?}", registry.requests());
+        if case == "symlink" {
+            // Not a byte of the link's target went out: the blob is refused before any upload starts.
+            let sent =
+                registry.requests().iter().filter(|r| r.method == "PATCH" && r.path.contains("/ns/symlink/")).count();
+            assert_eq!(sent, 0, "nothing read through the link was sent: {:?}", registry.requests());
+        }
+    }
+}
