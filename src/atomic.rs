@@ -8,6 +8,11 @@
 //! renamed over the destination. `rename` replaces a symlink planted at the destination instead of following
 //! it, and a reader sees the old file or the new one, never half of one.
 //!
+//! A read-modify-write of a file several runs share (a layout's `index.json`, Docker's `config.json`) holds
+//! an advisory lock ([`Locked`], std's `File::lock` on a `.lock` file beside it) from the read to the rename,
+//! so concurrent runs (`make -j`, parallel CI jobs on one runner) each add their entry instead of the last
+//! one winning; blobs need no lock (content-addressed, renamed into place).
+//!
 //! Reading is bounded the same way everywhere: [`read_capped`] reads at most a cap (4 MiB for image JSON,
 //! [`CREDENTIALS_CAP`] for credential files) and fails with a one-line error naming the file beyond it, so a
 //! file pointed at `/dev/zero` costs a few MiB, not all of memory.
@@ -59,6 +64,30 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         return Err(Error::io(path, "write", e));
     }
     Ok(())
+}
+
+/// An exclusive advisory lock on `PATH.lock`, held until dropped.
+pub struct Locked {
+    _file: File,
+}
+
+impl Locked {
+    /// Waits for the lock that guards `path`.
+    pub fn on(path: &Path) -> Result<Locked> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let lock = path.with_file_name(format!(".{name}.lock"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock)
+            .map_err(|e| Error::io(&lock, "open lock file", e))?;
+        file.lock().map_err(|e| Error::io(&lock, "lock", e))?;
+        Ok(Locked { _file: file })
+    }
 }
 
 /// The largest image JSON file read (a layout's `index.json`, manifests, configs): what registries accept.

@@ -250,13 +250,16 @@ impl Sink for LayoutSink {
 
     fn put_manifest(&mut self, manifest: &ManifestBlob, reference: &Reference) -> Result<()> {
         self.put_blob(&manifest.bytes, &manifest.digest)?;
+        // Read, add our entry, replace: under the lock, so concurrent builds into one layout all land.
+        let path = self.root.join("index.json");
+        let _lock = crate::atomic::Locked::on(&path)?;
         let mut index = self.index()?;
         let mut desc =
             Descriptor::new(manifest.media_type.as_str(), manifest.digest.clone(), manifest.bytes.len() as u64);
         desc.platform = manifest.platform.clone();
         name_in_index(&mut index, desc, reference);
         let bytes = serde_json::to_vec(&index).map_err(|e| Error::Layout(format!("cannot encode index: {e}")))?;
-        write_atomic(&self.root.join("index.json"), &bytes)
+        write_atomic(&path, &bytes)
     }
 }
 

@@ -177,3 +177,69 @@ fn layout_blobs_that_are_symlinks_or_do_not_match_are_never_pushed() {
         }
     }
 }
+
+/// A dozen builds at once into one layout and one store (`make -j`, parallel CI jobs): every tag is in
+/// `index.json` afterwards and every blob matches its name; twice over.
+#[test]
+fn concurrent_builds_into_one_layout_and_one_store_keep_every_tag() {
+    let tmp = TempDir::new("local-concurrent");
+    let layout = tmp.join("layout");
+    let store = tmp.subdir("store");
+    for round in 0..2 {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let ctx = tmp.subdir(format!("ctx-{round}-{i}"));
+                write_file(&ctx.join("n.txt"), format!("build {round} {i}\n").as_bytes());
+                let (layout, store) = (layout.clone(), store.clone());
+                std::thread::spawn(move || {
+                    let tag = format!("app:{round}-{i}");
+                    let into_layout = idpb(
+                        [
+                            "build".as_ref(),
+                            ctx.as_os_str(),
+                            "-t".as_ref(),
+                            tag.as_ref(),
+                            "--oci-layout".as_ref(),
+                            layout.as_os_str(),
+                            "-q".as_ref(),
+                        ],
+                        &[],
+                    );
+                    let into_store = idpb(
+                        ["build".as_ref(), ctx.as_os_str(), "-t".as_ref(), tag.as_ref(), "-q".as_ref()],
+                        &[("IDPB_HOME", path_str(&store).as_str())],
+                    );
+                    (into_layout, into_store)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (a, b) = h.join().expect("a build thread");
+            a.assert_success();
+            b.assert_success();
+        }
+        for dir in [&layout, &store] {
+            let index: serde_json::Value =
+                serde_json::from_slice(&fs::read(dir.join("index.json")).expect("index.json")).expect("JSON");
+            let tags: std::collections::BTreeSet<String> = index["manifests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["annotations"]["org.opencontainers.image.ref.name"].as_str().map(str::to_string))
+                .collect();
+            for r in 0..=round {
+                for i in 0..12 {
+                    assert!(tags.contains(&format!("{r}-{i}")), "{}: tag {r}-{i} kept: {tags:?}", dir.display());
+                }
+            }
+            for entry in fs::read_dir(dir.join("blobs/sha256")).expect("blobs").flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let bytes = fs::read(entry.path()).expect("blob");
+                assert_eq!(sha256_digest(&bytes), format!("sha256:{name}"), "blob {name} intact");
+            }
+        }
+    }
+}

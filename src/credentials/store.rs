@@ -90,6 +90,8 @@ fn run_helper(name: &str, action: &str, input: &str) -> Result<()> {
 /// Stores `username`/`secret` for `host` in the config at `dir/config.json` (or its helper).
 pub fn save(dir: &Path, host: &str, username: &str, secret: &str) -> Result<Stored> {
     let path = dir.join("config.json");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+    let _lock = crate::atomic::Locked::on(&path)?;
     let mut config = read_config(&path)?;
     let key = config_key(host);
     if let Some(helper) = helper_for(&config, &key) {
@@ -111,6 +113,10 @@ pub fn save(dir: &Path, host: &str, username: &str, secret: &str) -> Result<Stor
 /// Removes what is stored for `host`; false if there was nothing.
 pub fn remove(dir: &Path, host: &str) -> Result<bool> {
     let path = dir.join("config.json");
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let _lock = crate::atomic::Locked::on(&path)?;
     let mut config = read_config(&path)?;
     let key = config_key(host);
     let mut removed = false;
