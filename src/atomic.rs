@@ -9,7 +9,7 @@
 //! it, and a reader sees the old file or the new one, never half of one.
 //!
 //! A read-modify-write of a file several runs share (a layout's `index.json`, Docker's `config.json`) holds
-//! an advisory lock ([`Locked`], std's `File::lock` on a `.lock` file beside it) from the read to the rename,
+//! an advisory lock ([`Locked`], std's `File::lock` on its directory) from the read to the rename,
 //! so concurrent runs (`make -j`, parallel CI jobs on one runner) each add their entry instead of the last
 //! one winning; blobs need no lock (content-addressed, renamed into place).
 //!
@@ -66,27 +66,19 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive advisory lock on `PATH.lock`, held until dropped.
+/// An exclusive advisory lock on the directory holding a shared file, held until dropped. Locking the
+/// directory (flock works on directory handles) leaves no lock file behind in a user's directory.
 pub struct Locked {
-    _file: File,
+    _dir: File,
 }
 
 impl Locked {
-    /// Waits for the lock that guards `path`.
+    /// Waits for the lock that guards `path` (the lock of its directory).
     pub fn on(path: &Path) -> Result<Locked> {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let lock = path.with_file_name(format!(".{name}.lock"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&lock)
-            .map_err(|e| Error::io(&lock, "open lock file", e))?;
-        file.lock().map_err(|e| Error::io(&lock, "lock", e))?;
-        Ok(Locked { _file: file })
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let handle = File::open(dir).map_err(|e| Error::io(dir, "open", e))?;
+        handle.lock().map_err(|e| Error::io(dir, "lock", e))?;
+        Ok(Locked { _dir: handle })
     }
 }
 
