@@ -622,8 +622,13 @@ impl Emulator {
             return oci_error(400, "DIGEST_INVALID", "digest missing");
         };
         let mut session = self.sessions.remove(id).expect("session checked by the caller");
-        session.data.extend_from_slice(&req.body);
-        session.hasher.update(&req.body);
+        let mut body = req.body.clone();
+        if self.quirks.corrupt_first_chunk && session.data.is_empty() && !body.is_empty() {
+            // A single PUT carrying the whole blob is its first chunk.
+            body[0] ^= 0xff;
+        }
+        session.data.extend_from_slice(&body);
+        session.hasher.update(&body);
         let got = format!("sha256:{}", hex::encode(session.hasher.clone().finalize().as_slice()));
         if got != expected && !self.quirks.lax_digest {
             self.sessions.insert(id.to_string(), session);
@@ -1059,6 +1064,19 @@ fn oci_chunk_min_length_raises_the_chunk_size() {
     assert_contiguous(&patches.iter().collect::<Vec<_>>(), blob.len());
 }
 
+/// A registry whose chunk cap (416) is below its own `OCI-Chunk-Min-Length` cannot be served: the upload
+/// fails after one refused PATCH, naming the minimum, instead of sending the same size again and again.
+#[test]
+fn a_chunk_cap_below_the_registrys_minimum_fails_at_once() {
+    let quirks = Quirks { min_chunk: Some(2 * MIB), max_patch: Some(MIB), ..Default::default() };
+    let (server, _emulator) = registry(quirks, Auth::Anonymous);
+    let mut sink = sink_for(&server.host, None, MIB);
+    let err = upload(&mut sink, &noise(5 * MIB, 9)).expect_err("no chunk size can satisfy both");
+    assert!(err.to_string().contains("OCI-Chunk-Min-Length"), "{err}");
+    assert!(single_line(&err.to_string()), "{err}");
+    assert_eq!(server.of("PATCH").len(), 1, "one refused PATCH, not the same size again: {:?}", server.of("PATCH"));
+}
+
 #[test]
 fn blob_redirect_to_another_host_drops_the_authorization_header() {
     let blob = noise(100_000, 6);
@@ -1206,6 +1224,22 @@ fn blob_digest_mismatch_on_the_closing_put_is_an_error_and_not_retried() {
     assert_eq!(server.of("POST").len(), 1, "nor is the blob sent again");
     assert!(sink.report.blobs_uploaded.is_empty(), "{:?}", sink.report);
     assert!(state(&emulator).blobs.contains_key(&sha256(&corrupted)), "the emulation stored the corrupted blob");
+}
+
+/// The single-PUT path (a registry without PATCH) checks the registry's `Docker-Content-Digest` as the
+/// chunked path does: a blob stored under another digest is an error, not a success.
+#[test]
+fn blob_digest_mismatch_on_a_single_put_is_an_error_too() {
+    let quirks = Quirks { lax_digest: true, corrupt_first_chunk: true, refuse_patch: true, ..Default::default() };
+    let (server, _emulator) = registry(quirks, Auth::Anonymous);
+    let mut sink = sink_for(&server.host, None, MIB);
+    let blob = noise(MIB + 5, 12);
+    let digest = Digest::of(&blob);
+    let err = sink.put_blob(&blob, &digest).expect_err("a blob stored under another digest must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("corrupted on the way") && msg.contains(digest.as_str()), "{msg}");
+    assert!(single_line(&msg), "{msg:?}");
+    assert!(server.of("PUT").iter().any(|e| !e.request.body.is_empty()), "it went as one PUT: {:?}", server.of("PUT"));
 }
 
 fn manifest_blob(media_type: &str) -> ManifestBlob {
