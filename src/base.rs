@@ -395,7 +395,6 @@ fn for_platform(
     } else {
         (digest, bytes, media)
     };
-    let (digest, bytes, media) = (digest, bytes, media);
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| Error::protocol(format!("the base {name} has an invalid image manifest: {e}")))?;
     let media = if manifest.media_type.is_empty() { media } else { manifest.media_type.clone() };

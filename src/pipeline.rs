@@ -282,15 +282,46 @@ pub fn run(
     progress: &mut Progress,
     cache: Option<&LayerCache>,
 ) -> Result<Built> {
-    let (image, config_bytes) = build_image(plan, base, sink, progress, cache, &mut Layers::default())?;
+    let (image, config_bytes) = build_image(plan, base, sink, progress, cache, &mut Layers(None))?;
     let manifest = store_image(sink, &config_bytes, &image.config_digest, image.manifest.clone(), names)?;
     Ok(Built { manifest, ..image })
 }
 
 /// Our layers already stored in this run, by what they were made of: a context shared by several
-/// platforms (on bases of the same directory structure) is walked, compressed and sent once.
-#[derive(Default)]
-pub struct Layers(std::collections::HashMap<String, Vec<LayerDigests>>);
+/// platforms is walked, compressed and sent once. A single image has nothing to share (`None`), and then
+/// no key is computed.
+pub struct Layers(Option<std::collections::HashMap<String, Vec<LayerDigests>>>);
+
+/// What a plan's layers depend on: the context, the split, the options and, on a base, only what the base
+/// does to this context's directories (where they land, which modes they keep), so bases that differ
+/// elsewhere (`/usr/lib/x86_64-linux-gnu` against `/usr/lib/aarch64-linux-gnu`) still share the layers.
+fn layers_key(plan: &Plan) -> Result<String> {
+    let signature = match &plan.layer.rootfs {
+        None => String::new(),
+        Some(fs) => {
+            let prefix = plan.layer.prefix.as_str();
+            let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+            let mut dirs: Vec<String> = (0..parts.len()).map(|i| parts[..=i].join("/")).collect();
+            plan.context.walk(
+                &mut |e| {
+                    if e.kind == Kind::Dir {
+                        dirs.push(if prefix.is_empty() { e.rel } else { format!("{prefix}/{}", e.rel) });
+                    }
+                    Ok(())
+                },
+                &mut |_, _| {},
+            )?;
+            fs.signature(dirs.iter().map(String::as_str))
+        }
+    };
+    let options = LayerOptions { rootfs: None, ..plan.layer.clone() };
+    Ok(format!(
+        "{}\0{}\0{:?}\0{options:?}\0{signature}",
+        plan.context.root().display(),
+        plan.context.part_id(),
+        plan.split
+    ))
+}
 
 /// One platform of a multi-platform build: its plan (context, options) and its base.
 pub struct PlatformImage<'a> {
@@ -315,7 +346,7 @@ pub fn run_index(
     progress: &mut Progress,
     cache: Option<&LayerCache>,
 ) -> Result<BuiltIndex> {
-    let mut done = Layers::default();
+    let mut done = Layers(Some(Default::default()));
     let mut built = Vec::new();
     let mut entries = Vec::new();
     for item in images {
@@ -401,46 +432,26 @@ fn build_image(
         }
     }
     // One layer per part of the context, each with its own cache entry: a re-push that changed only
-    // one part reads, compresses and sends only that one.
-    // What the layers depend on: the context, the split, the options and, on a base, only what the base
-    // does to this context's directories.
-    let signature = match &plan.layer.rootfs {
-        None => String::new(),
-        Some(fs) => {
-            let mut dirs: Vec<String> = Vec::new();
-            let prefix = plan.layer.prefix.clone();
-            let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
-            for i in 0..parts.len() {
-                dirs.push(parts[..=i].join("/"));
-            }
-            plan.context.walk(
-                &mut |e| {
-                    if e.kind == Kind::Dir {
-                        dirs.push(if prefix.is_empty() { e.rel } else { format!("{prefix}/{}", e.rel) });
-                    }
-                    Ok(())
-                },
-                &mut |_, _| {},
-            )?;
-            fs.signature(dirs.iter().map(String::as_str))
-        }
+    // one part reads, compresses and sends only that one. Several platforms share what they can.
+    let key = match done.0 {
+        Some(_) => Some(layers_key(plan)?),
+        None => None,
     };
-    let options = LayerOptions { rootfs: None, ..plan.layer.clone() };
-    let key = format!(
-        "{}\0{}\0{:?}\0{options:?}\0{signature}",
-        plan.context.root().display(),
-        plan.context.part_id(),
-        plan.split
-    );
-    let ours = match done.0.get(&key) {
-        Some(layers) => layers.clone(),
+    let known = match (&done.0, &key) {
+        (Some(map), Some(k)) => map.get(k).cloned(),
+        _ => None,
+    };
+    let ours = match known {
+        Some(layers) => layers,
         None => {
             let mut ours = Vec::new();
             for (_, part) in plan.context.split(&plan.split)? {
                 let part_plan = Plan { context: part, ..plan.clone() };
                 ours.push(store_layer(&part_plan, sink, progress, cache)?);
             }
-            done.0.insert(key, ours.clone());
+            if let (Some(map), Some(k)) = (&mut done.0, key) {
+                map.insert(k, ours.clone());
+            }
             ours
         }
     };

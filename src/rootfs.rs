@@ -44,7 +44,7 @@ enum Change {
 /// The base's symlinks and directories, merged over its layers.
 #[derive(Default)]
 pub struct RootFs {
-    /// Identifies the base's layers (for the layer cache's fingerprint).
+    /// Identifies what it holds (for the layer cache's fingerprint).
     id: String,
     symlinks: BTreeMap<String, String>,
     dirs: BTreeMap<String, u32>,
@@ -75,10 +75,8 @@ impl RootFs {
         cache_dir: Option<&Path>,
         warnings: &mut Vec<String>,
     ) -> Result<RootFs> {
-        let mut id = Sha256::new();
         let mut fs = RootFs::default();
         for desc in layers {
-            id.update(desc.digest.as_str().as_bytes());
             let (ok, gzip) = readable(desc);
             if !ok {
                 warnings.push(format!(
@@ -109,7 +107,6 @@ impl RootFs {
         }
         // Identified by what it holds, not by which layers said it: two platforms' bases with the same
         // directory structure give the same id, so a context shared by them is written once.
-        let _ = id;
         let mut content = Sha256::new();
         for (p, t) in &fs.symlinks {
             content.update(format!("l {p}\0{t}\0").as_bytes());

@@ -100,9 +100,7 @@ fn report_index(
     digest_file: Option<&Path>,
 ) -> Result<()> {
     let digest = &built.index.digest;
-    if let Some(path) = digest_file {
-        crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644)?;
-    }
+    write_digest_file(digest_file, digest)?;
     // Every blob once: platforms share layers.
     let mut blobs: std::collections::BTreeMap<&crate::digest::Digest, u64> = Default::default();
     for image in &built.images {
@@ -154,6 +152,14 @@ pub(super) fn tag_name(t: &str) -> Result<Reference> {
         });
     }
     Ok(r)
+}
+
+/// Writes the digest to `--digest-file` (a new file renamed into place: a link planted there is replaced).
+pub(super) fn write_digest_file(path: Option<&Path>, digest: &crate::digest::Digest) -> Result<()> {
+    match path {
+        Some(path) => crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644),
+        None => Ok(()),
+    }
 }
 
 /// Fails early when `--digest-file` cannot be written, so no image is stored before the error.
@@ -213,9 +219,7 @@ pub(super) fn report(
     digest_file: Option<&Path>,
 ) -> Result<()> {
     let digest = &built.manifest.digest;
-    if let Some(path) = digest_file {
-        crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644)?;
-    }
+    write_digest_file(digest_file, digest)?;
     if json {
         let value = json!({
             "name": names.first().map(|n| n.familiar_name()),

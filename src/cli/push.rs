@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use super::build::{check_digest_file, default_base_name, tag_name};
+use super::build::{check_digest_file, default_base_name, tag_name, write_digest_file};
 use super::{ImageFlags, PushArgs, RegistryFlags, parse_size, store_dir};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -96,9 +96,7 @@ pub fn run(args: PushArgs) -> Result<()> {
     let (manifest, built) = result?;
 
     let digest = &manifest.digest;
-    if let Some(path) = &args.digest_file {
-        crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644)?;
-    }
+    write_digest_file(args.digest_file.as_deref(), digest)?;
     let report = PushReport::merged(sinks.iter().map(|s| &s.report));
     if json {
         let mut value = json!({

@@ -215,10 +215,6 @@ impl Response {
         (200..300).contains(&self.status)
     }
 
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
     /// "CODE: message" from the registry's JSON error body, else the first line of the body.
     pub fn error_detail(&self) -> String {
         registry_error_detail(&self.body)
@@ -719,11 +715,6 @@ impl Registry {
         let message = format!("{} ({} {path}) at {target} failed with {}{detail}", req.what, req.method, resp.status);
         Error::registry(RegistryErrorKind::Status { status: resp.status, codes: error_codes(&resp.body) }, message)
             .with_attempts(resp.attempts)
-    }
-
-    /// Waits `d` (a retry's delay), unless cancelled.
-    pub fn sleep(&self, d: Duration) -> Result<()> {
-        self.exchange.cancel().sleep(d)
     }
 }
 

@@ -120,11 +120,6 @@ impl<'r> Upload<'r> {
         })
     }
 
-    /// The registry this upload goes to.
-    pub fn host(&self) -> &str {
-        self.reg.host()
-    }
-
     fn chunk_size(&self) -> usize {
         self.chunk.get().max(self.min_chunk).max(1)
     }
