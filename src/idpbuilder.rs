@@ -24,6 +24,15 @@ pub const DEFAULT_OWNER: &str = "giteaadmin";
 /// What a helper prints when it has nothing for a host.
 pub const NOT_FOUND: &str = "credentials not found in native keychain";
 
+/// The registry commands default to: `IDPB_REGISTRY`, else idpbuilder's Gitea.
+pub fn default_registry() -> String {
+    std::env::var("IDPB_REGISTRY")
+        .ok()
+        .map(|v| normalize_host(&v))
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_REGISTRY.to_string())
+}
+
 /// The hosts this helper answers for: idpbuilder's two, and `IDPB_REGISTRY` when set.
 pub fn served_hosts() -> Vec<String> {
     let mut hosts = vec![DEFAULT_REGISTRY.to_string(), PATH_ROUTING_REGISTRY.to_string()];
@@ -73,6 +82,37 @@ pub fn gitea_credentials_within(
         return parse_kubectl(&out).map(Some);
     }
     Ok(None)
+}
+
+/// Where idpbuilder keeps the CA that signs Gitea's certificate.
+pub const CA_SECRET: (&str, &str, &str) = ("default", "idpbuilder-cert", "ca.crt");
+
+/// The idpbuilder cluster's CA (PEM) through `kubectl`, within `timeout` (at most 30 s); None when kubectl
+/// is not installed. The Secret's other keys (the server's private key among them) are never kept.
+pub fn cluster_ca_within(
+    timeout: Option<std::time::Duration>,
+    cancel: &crate::signal::Cancel,
+) -> Result<Option<crate::tls::Anchor>> {
+    let limit = timeout.unwrap_or(crate::credentials::HELPER_TIMEOUT).min(crate::credentials::HELPER_TIMEOUT);
+    let bounds = crate::child::Bounds {
+        deadline: std::time::Instant::now() + limit,
+        max_output: crate::credentials::HELPER_MAX_OUTPUT,
+    };
+    let (namespace, name, key) = CA_SECRET;
+    let Some(out) = run("kubectl", &["get", "secret", "-n", namespace, name, "-o", "json"], &bounds, cancel)? else {
+        return Ok(None);
+    };
+    let source = format!("the idpbuilder cluster's CA (Secret {namespace}/{name})");
+    let bad = || {
+        Error::Tls(format!("`kubectl get secret -n {namespace} {name}` printed no PEM certificate under data.{key}"))
+    };
+    let v: Value = serde_json::from_slice(&out).map_err(|_| bad())?;
+    let b64 = v.get("data").and_then(|d| d.get(key)).and_then(Value::as_str).ok_or_else(bad)?;
+    let pem = base64_decode(b64).ok_or_else(bad)?;
+    if crate::tls::x509::pem_certificates(&pem).is_empty() {
+        return Err(bad());
+    }
+    Ok(Some(crate::tls::Anchor { source, pem }))
 }
 
 /// Runs a tool; None when it is not installed. A failing tool is an error with its first line of stderr.

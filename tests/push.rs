@@ -188,7 +188,7 @@ fn tls_verify_without_the_ca_fails_with_one_line_naming_every_fix() {
     let target = registry.reference("ns/tls:1");
 
     let output = push([&ctx, "-t", &target, "--tls-verify", "true", "-q"]);
-    assert_clean_error(&output, 1, &[&registry.host(), "--ca-file", "certs.d", "--insecure"]);
+    assert_clean_error(&output, 1, &[&registry.host(), "--ca-file", "idpb trust", "certs.d", "--insecure"]);
 
     // A CA that did not sign the registry's certificate does not help either.
     let other = TestCa::new();

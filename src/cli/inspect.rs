@@ -69,7 +69,7 @@ impl NamePrinter {
     }
 }
 
-fn json_format(format: &str) -> Result<bool> {
+pub(super) fn json_format(format: &str) -> Result<bool> {
     match format {
         "text" => Ok(false),
         "json" => Ok(true),
@@ -79,10 +79,7 @@ fn json_format(format: &str) -> Result<bool> {
 
 pub fn catalog(args: CatalogArgs) -> Result<()> {
     let json = json_format(&args.format)?;
-    let default = std::env::var("IDPB_REGISTRY")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| crate::idpbuilder::DEFAULT_REGISTRY.to_string());
+    let default = crate::idpbuilder::default_registry();
     let host = normalize_host(args.host.as_deref().unwrap_or(&default));
     let mut registry = connect(&args, &host, args.quiet)?;
     let mut printer = NamePrinter::start(json, "{\"repositories\":[")?;

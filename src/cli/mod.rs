@@ -20,6 +20,7 @@ mod credential;
 mod inspect;
 mod login;
 mod push;
+mod trust;
 
 /// Build a directory into an OCI image and push it to a registry, with no container runtime.
 #[derive(FromArgs, Debug)]
@@ -40,6 +41,7 @@ pub enum Command {
     Tags(TagsArgs),
     Inspect(InspectArgs),
     Credential(CredentialArgs),
+    Trust(TrustArgs),
     Version(VersionArgs),
 }
 
@@ -340,6 +342,34 @@ plain! {
 }
 }
 
+/// Show a registry's CA and install it where Docker and docker-idpb look for it (default: fetch idpbuilder's
+/// from the cluster with kubectl), so pushes to that registry are verified.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "trust")]
+pub struct TrustArgs {
+    /// the registry, HOST[:PORT] (default: $IDPB_REGISTRY, else gitea.cnoe.localtest.me:8443)
+    #[argh(positional)]
+    pub host: Option<String>,
+    /// read the CA from this PEM file instead of the idpbuilder cluster
+    #[argh(option)]
+    pub from_file: Option<std::path::PathBuf>,
+    /// install in /etc/docker/certs.d, which the Docker engine reads too (needs root)
+    #[argh(switch)]
+    pub system: bool,
+    /// remove the CA installed for HOST
+    #[argh(switch)]
+    pub remove: bool,
+    /// give up on kubectl after this long, e.g. 10s (default 30s)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// output format: text (default) or json
+    #[argh(option, default = "String::from(\"text\")")]
+    pub format: String,
+    /// no notes on stderr
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+}
+
 /// Answer the docker credential helper protocol for idpbuilder's Gitea (get, list, store, erase).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "credential")]
@@ -391,6 +421,7 @@ pub trait RegistryFlags {
             plain_http: f.plain_http,
             ca_files: f.ca_file.to_vec(),
             verify: f.tls_verify,
+            anchors: Vec::new(),
         };
         Ok(crate::registry::ConnectOptions {
             tls,
@@ -795,6 +826,7 @@ pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
             inspect::inspect(args)
         }
         Command::Credential(args) => credential::run(&args.action),
+        Command::Trust(args) => trust::run(args),
         Command::Version(_) => {
             println!("docker-idpb {}", env!("CARGO_PKG_VERSION"));
             Ok(())

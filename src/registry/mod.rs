@@ -31,7 +31,7 @@ use crate::credentials::{Credential, Lookup};
 use crate::error::{Error, RegistryErrorKind, Result, TransportKind, transient_status};
 use crate::progress::Progress;
 use crate::signal::Cancel;
-use crate::tls::{TlsOptions, Transport, verify_failed};
+use crate::tls::{TlsOptions, Transport};
 
 pub use authorize::Access;
 use authorize::{Authorizer, TokenContext};
@@ -340,6 +340,37 @@ pub struct Registry {
     quiet: bool,
 }
 
+/// The TLS options for `host`: the command's, plus the idpbuilder cluster's CA when `host` is idpbuilder's
+/// and would otherwise be reached unverified (only because it is loopback, with no CA installed). Also the
+/// hint for the note shown when the connection stays unverified: how to get verification.
+fn trust_for(host: &str, opts: &ConnectOptions, progress: &mut Progress) -> Result<(TlsOptions, String)> {
+    let mut tls = opts.tls.clone();
+    if !tls.loopback_unverified(host) {
+        return Ok((tls, String::new()));
+    }
+    if !crate::idpbuilder::serves(host) {
+        let hint = format!("; to verify it, install its CA with `docker idpb trust {host} --from-file CA.pem`");
+        return Ok((tls, hint));
+    }
+    let limit = opts.request_timeout.unwrap_or(crate::credentials::HELPER_TIMEOUT);
+    let why = match crate::idpbuilder::cluster_ca_within(Some(limit), &opts.cancel) {
+        Ok(Some(anchor)) => {
+            progress.note(&format!("note: verifying {host} with {}", anchor.source));
+            tls.anchors.push(anchor);
+            return Ok((tls, String::new()));
+        }
+        Ok(None) => "kubectl is not installed".to_string(),
+        Err(Error::Cancelled) => return Err(Error::Cancelled),
+        Err(e) => e.to_string(),
+    };
+    Ok((
+        tls,
+        format!(
+            "; the idpbuilder cluster's CA could not be fetched ({why}): run `docker idpb trust {host}` to verify it"
+        ),
+    ))
+}
+
 /// Connects to `host` with the credentials `lookup` finds for it, falling back to the idpbuilder
 /// cluster's Gitea credentials for the hosts idpbuilder serves (a failure to get those is shown, and the
 /// connection goes on anonymously).
@@ -367,8 +398,9 @@ impl Registry {
         opts: &ConnectOptions,
         progress: &mut Progress,
     ) -> Result<Registry> {
-        let transport = opts.tls.transport(host);
-        let tls = opts.tls.config(host, &transport)?;
+        let (tls_opts, unverified_hint) = trust_for(host, opts, progress)?;
+        let transport = tls_opts.transport(host);
+        let tls = tls_opts.config(host, &transport)?;
         // An exchange may take at most a minute, and never longer than the whole retry budget.
         let timeout = opts.request_timeout.unwrap_or(Duration::from_secs(60)).min(opts.retry.budget);
         let agent = |proxy: bool| -> Agent {
@@ -422,7 +454,8 @@ impl Registry {
                         let how =
                             if *scheme == "http" { "plain HTTP" } else { "HTTPS without certificate verification" };
                         let why = if loopback { "a loopback registry, as Docker does" } else { "--insecure" };
-                        progress.note(&format!("note: {host} is reached over {how} ({why})"));
+                        let hint = if loopback && *scheme == "https" { unverified_hint.as_str() } else { "" };
+                        progress.note(&format!("note: {host} is reached over {how} ({why}){hint}"));
                     }
                     if *scheme == "http" && !loopback && reg.auth.credential().is_some() {
                         return Err(Error::Auth(format!(
@@ -762,17 +795,8 @@ fn client_error(host: &str, what: &str, e: ureq::Error) -> Error {
         ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).cloned(),
         _ => None,
     };
-    if let Some(rustls::Error::InvalidCertificate(c)) = &rustls_err {
-        return verify_failed(host, &format!("{c:?}"));
-    }
-    if let Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) = &rustls_err {
-        return Error::Tls(format!(
-            "{host} does not speak TLS on this port (it looks like plain HTTP); use --plain-http, or --insecure \
-             to allow falling back to HTTP"
-        ));
-    }
-    if let Some(other) = rustls_err {
-        return Error::Tls(format!("TLS with {host} failed: {other}"));
+    if let Some(err) = rustls_err {
+        return Error::Tls(crate::tls::diagnose::describe(host, &err));
     }
     let transport = |kind, message: String| Error::registry(RegistryErrorKind::Transport(kind), message);
     match e {

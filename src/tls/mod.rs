@@ -4,10 +4,18 @@
 //! Docker's and containers' order, `SSL_CERT_FILE`, every `*.crt` in `/etc/docker/certs.d/HOST[:PORT]/`,
 //! `$XDG_CONFIG_HOME/docker/certs.d/...`, `/etc/containers/certs.d/...`, `~/.config/containers/certs.d/...`,
 //! and `--ca-file`. A `NAME.cert` + `NAME.key` pair in one of those directories is the client certificate.
-//! Which scheme to try is a [`Transport`] decision made once per host: a loopback registry (127.0.0.0/8,
-//! ::1, `localhost`, `*.localtest.me`) is treated as Docker treats it, HTTPS without verification and then
-//! plain HTTP; `--insecure` does that for any host; `--plain-http` is HTTP only; everything else is
-//! verified HTTPS, and a verification failure becomes an error that names the three ways out.
+//! Which scheme to try is a [`Transport`] decision made once per host. A loopback registry (127.0.0.0/8,
+//! ::1, `localhost`, `*.localtest.me`) with a CA of its own (a `*.crt` in one of its certs.d directories,
+//! `--ca-file`, or the idpbuilder cluster's CA fetched for it) is verified like any other: that is better
+//! than Docker, which never verifies loopback, and it is what `docker idpb trust` sets up. A loopback
+//! registry with no CA is treated as Docker treats it, HTTPS without verification and then plain HTTP, and
+//! the note that says so names `docker idpb trust`. `--insecure` does that for any host; `--plain-http` is
+//! HTTP only; everything else is verified HTTPS with no fallback, and a verification failure is an error in
+//! words ([`diagnose`]). [`x509`] reads certificates to describe them; [`trust`] installs and removes CAs.
+
+pub mod diagnose;
+pub mod trust;
+pub mod x509;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,6 +36,15 @@ pub struct TlsOptions {
     pub ca_files: Vec<PathBuf>,
     /// `--tls-verify`: `Some(true)` forces verification even on loopback, `Some(false)` is `--insecure`.
     pub verify: Option<bool>,
+    /// CAs obtained for this host at connect time (the idpbuilder cluster's), trusted like `--ca-file`.
+    pub anchors: Vec<Anchor>,
+}
+
+/// A CA certificate held in memory, with where it came from (for messages).
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    pub source: String,
+    pub pem: Vec<u8>,
 }
 
 /// How to talk to one registry host.
@@ -48,11 +65,22 @@ impl TlsOptions {
             Transport::Http
         } else if self.verify == Some(true) {
             Transport::Https
-        } else if self.insecure || self.verify == Some(false) || is_loopback(host) {
+        } else if self.insecure || self.verify == Some(false) || (is_loopback(host) && !self.has_own_ca(host)) {
             Transport::InsecureHttps
         } else {
             Transport::Https
         }
+    }
+
+    /// Whether a CA was given for `host` itself: `--ca-file`, an anchor, or a `*.crt` in its certs.d.
+    pub fn has_own_ca(&self, host: &str) -> bool {
+        !self.ca_files.is_empty() || !self.anchors.is_empty() || installed_cas(host).next().is_some()
+    }
+
+    /// Whether `host` would be reached unverified only because it is loopback: the case where fetching a
+    /// CA for it (idpbuilder's) turns the connection into a verified one.
+    pub fn loopback_unverified(&self, host: &str) -> bool {
+        !self.plain_http && !self.insecure && self.verify.is_none() && self.transport(host) == Transport::InsecureHttps
     }
 
     /// The rustls configuration for `host`.
@@ -98,6 +126,9 @@ impl TlsOptions {
         for file in &self.ca_files {
             roots.extend(read_certs(file)?);
         }
+        for anchor in &self.anchors {
+            roots.extend(parse_certs(&anchor.pem, &anchor.source)?);
+        }
         Ok(builder.root_certs(RootCerts::new_with_certs(&roots)).client_cert(client).build())
     }
 }
@@ -126,6 +157,20 @@ fn resolves_to_loopback(host: &str) -> bool {
     }
 }
 
+/// The `*.crt` files in `host`'s certs.d directories.
+pub fn installed_cas(host: &str) -> impl Iterator<Item = PathBuf> {
+    cert_dirs(host).into_iter().flat_map(|dir| {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+            .collect();
+        files.sort();
+        files
+    })
+}
+
 /// The certs.d directories consulted for `host`, in order.
 pub fn cert_dirs(host: &str) -> Vec<PathBuf> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -141,21 +186,27 @@ pub fn cert_dirs(host: &str) -> Vec<PathBuf> {
     dirs
 }
 
+/// The largest CA file read: a bundle of every public root is about 200 KiB.
+pub const CA_FILE_CAP: u64 = 4 * 1024 * 1024;
+
 fn read_certs(path: &Path) -> Result<Vec<Certificate<'static>>> {
-    let pem = fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
+    let pem = crate::atomic::read_capped(path, CA_FILE_CAP).map_err(|e| e.for_path(path, "read CA file"))?;
+    parse_certs(&pem, &path.display().to_string())
+}
+
+/// The certificates of a PEM text; `source` names it in errors.
+fn parse_certs(pem: &[u8], source: &str) -> Result<Vec<Certificate<'static>>> {
+    let path = crate::progress::escaped(source);
     let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
+    for item in ureq::tls::parse_pem(pem) {
         match item {
             Ok(PemItem::Certificate(c)) => certs.push(c),
             Ok(_) => {}
-            Err(e) => return Err(Error::Tls(format!("{} is not a valid PEM certificate file: {e}", path.display()))),
+            Err(e) => return Err(Error::Tls(format!("{path} is not a valid PEM certificate file: {e}"))),
         }
     }
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-            path.display()
-        )));
+        return Err(Error::Tls(format!("{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")));
     }
     Ok(certs)
 }
@@ -164,14 +215,6 @@ fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
     let pem = fs::read(path).map_err(|e| Error::io(path, "read key", e))?;
     PrivateKey::from_pem(&pem)
         .map_err(|e| Error::Tls(format!("{} is not a valid PEM private key: {e}", path.display())))
-}
-
-/// The error for a certificate the registry presented that we could not verify.
-pub fn verify_failed(host: &str, detail: &str) -> Error {
-    Error::Tls(format!(
-        "cannot verify the TLS certificate of {host} ({detail}); trust its CA with --ca-file CA.crt or by \
-         copying it to /etc/docker/certs.d/{host}/ca.crt, or skip verification with --insecure"
-    ))
 }
 
 #[cfg(test)]
