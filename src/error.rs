@@ -74,6 +74,8 @@ pub enum TransportKind {
     Reset,
     /// No answer within the time allowed.
     Timeout,
+    /// The server answered a TLS handshake in plain HTTP: permanent for this scheme.
+    PlainHttp,
     /// Any other I/O failure on the way.
     Other,
 }
@@ -87,7 +89,7 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         match &self.kind {
             RegistryErrorKind::Status { status, .. } => transient_status(*status),
-            RegistryErrorKind::Transport(kind) => *kind != TransportKind::Dns,
+            RegistryErrorKind::Transport(kind) => !matches!(kind, TransportKind::Dns | TransportKind::PlainHttp),
             RegistryErrorKind::Protocol => false,
         }
     }

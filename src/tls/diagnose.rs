@@ -28,10 +28,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn describe(host: &str, err: &rustls::Error) -> String {
     match err {
         rustls::Error::InvalidCertificate(c) => certificate(host, c, peer_chain(host).as_deref()),
-        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => format!(
-            "{host} does not speak TLS on this port (it looks like plain HTTP); use --plain-http, or --insecure to \
-             allow falling back to HTTP"
-        ),
         rustls::Error::AlertReceived(alert) => {
             let what = words(&format!("{alert:?}"));
             match alert {

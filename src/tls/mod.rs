@@ -5,9 +5,12 @@
 //! `$XDG_CONFIG_HOME/docker/certs.d/...`, `/etc/containers/certs.d/...`, `~/.config/containers/certs.d/...`,
 //! and `--ca-file`. A `NAME.cert` + `NAME.key` pair in one of those directories is the client certificate.
 //! Which scheme to try is a [`Transport`] decision made once per host. A loopback registry (127.0.0.0/8,
-//! ::1, `localhost`, `*.localtest.me`) with a CA of its own (a `*.crt` in one of its certs.d directories,
-//! `--ca-file`, or the idpbuilder cluster's CA fetched for it) is verified like any other: that is better
-//! than Docker, which never verifies loopback, and it is what `docker idpb trust` sets up. A loopback
+//! ::1, `localhost`, `*.localtest.me`) with a CA of its own (a `*.crt` in one of its certs.d directories)
+//! is verified like any other, with no fallback: that is better than Docker, which never verifies
+//! loopback, and it is what `docker idpb trust` sets up. A CA given for the whole command (`--ca-file`, or
+//! the idpbuilder cluster's CA fetched for it) also makes a loopback registry verified, but one that does
+//! not speak TLS at all may still be reached over plain HTTP, since the CA may be for another registry of
+//! the same push; a certificate that fails verification is never bypassed. A loopback
 //! registry with no CA is treated as Docker treats it, HTTPS without verification and then plain HTTP, and
 //! the note that says so names `docker idpb trust`. `--insecure` does that for any host; `--plain-http` is
 //! HTTP only; everything else is verified HTTPS with no fallback, and a verification failure is an error in
@@ -54,6 +57,9 @@ pub enum Transport {
     Https,
     /// HTTPS without verification, falling back to HTTP if the server does not speak TLS.
     InsecureHttps,
+    /// Verified HTTPS, falling back to HTTP only if the server does not speak TLS at all (a loopback
+    /// registry when `--ca-file` may be meant for another registry of the same command).
+    HttpsOrHttp,
     /// Plain HTTP.
     Http,
 }
@@ -65,16 +71,16 @@ impl TlsOptions {
             Transport::Http
         } else if self.verify == Some(true) {
             Transport::Https
-        } else if self.insecure || self.verify == Some(false) || (is_loopback(host) && !self.has_own_ca(host)) {
+        } else if self.insecure || self.verify == Some(false) {
             Transport::InsecureHttps
-        } else {
+        } else if !is_loopback(host) || installed_cas(host).next().is_some() {
             Transport::Https
+        } else if !self.ca_files.is_empty() || !self.anchors.is_empty() {
+            // A CA given for the whole command may be for another of its registries.
+            Transport::HttpsOrHttp
+        } else {
+            Transport::InsecureHttps
         }
-    }
-
-    /// Whether a CA was given for `host` itself: `--ca-file`, an anchor, or a `*.crt` in its certs.d.
-    pub fn has_own_ca(&self, host: &str) -> bool {
-        !self.ca_files.is_empty() || !self.anchors.is_empty() || installed_cas(host).next().is_some()
     }
 
     /// Whether `host` would be reached unverified only because it is loopback: the case where fetching a
@@ -234,6 +240,12 @@ mod tests {
         assert_eq!(insecure.transport("registry.example.com"), Transport::InsecureHttps);
         let plain = TlsOptions { plain_http: true, ..Default::default() };
         assert_eq!(plain.transport("registry.example.com"), Transport::Http);
+        let ca = TlsOptions { ca_files: vec!["ca.crt".into()], ..Default::default() };
+        assert_eq!(ca.transport("127.0.0.1:5999"), Transport::HttpsOrHttp);
+        assert_eq!(ca.transport("registry.example.com"), Transport::Https);
+        let anchor = TlsOptions { anchors: vec![Anchor { source: "x".into(), pem: vec![] }], ..Default::default() };
+        assert_eq!(anchor.transport("localhost:5999"), Transport::HttpsOrHttp);
+        assert!(!anchor.loopback_unverified("localhost:5999") && default.loopback_unverified("localhost:5999"));
     }
 
     #[test]
