@@ -271,21 +271,23 @@ fn variants(arch: &str) -> &'static [&'static str] {
 
 /// The candidate with the smallest edit distance to `word` (ties: the first listed).
 fn closest<'a>(word: &str, candidates: &[&'a str]) -> &'a str {
-    let distance = |a: &str, b: &str| {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut prev = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let cur = row[j + 1];
-                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-                prev = cur;
-            }
+    candidates.iter().copied().min_by_key(|c| edit_distance(word, c)).unwrap_or("linux")
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
         }
-        row[b.len()]
-    };
-    candidates.iter().copied().min_by_key(|c| distance(word, c)).unwrap_or("linux")
+    }
+    row[b.len()]
 }
 
 /// The runtime part of an image config (`config` in the JSON).

@@ -31,8 +31,9 @@ fn main() {
     });
     idpb::signal::watch_plugin_socket();
     let inv = idpb::cli::argv::normalize(&argv);
-    let args: Vec<&str> = inv.args.iter().map(String::as_str).collect();
-    if let ["credential", action] = args.as_slice() {
+    if let [command, action] = inv.args.as_slice()
+        && command == "credential"
+    {
         // The helper protocol as a subcommand: errors on stdout, exit 1.
         if let Err(e) = idpb::cli::credential_helper(action) {
             println!("{e}");
@@ -40,17 +41,15 @@ fn main() {
         }
         return;
     }
-    let cli = match <idpb::cli::Cli as argh::FromArgs>::from_args(&[idpb::cli::program_name(&inv)], &args) {
+    let cli = match idpb::cli::help::parse(&inv) {
         Ok(cli) => cli,
-        Err(early) => {
-            if early.status.is_ok() {
-                print!("{}", early.output);
-                return;
-            }
-            // argh's message may span lines ("Required positional arguments not provided:\n    host").
-            let message = early.output.split_whitespace().collect::<Vec<_>>().join(" ");
-            eprintln!("docker-idpb: {message}; run '{} --help' for usage", idpb::cli::program_name(&inv));
-            std::process::exit(2);
+        Err(idpb::cli::help::Early::Print(text)) => {
+            print!("{text}");
+            return;
+        }
+        Err(idpb::cli::help::Early::Fail(e)) => {
+            eprintln!("docker-idpb: {e}");
+            std::process::exit(e.exit_code());
         }
     };
     if let Err(e) = idpb::cli::run(cli, &inv) {

@@ -244,7 +244,7 @@ fn docker_lists_the_plugin_and_shows_its_help_and_version() {
     // An unknown flag is a usage error (exit 2) through docker too.
     let output = docker_cli().args(["idpb", "version", "--bogus"]).run();
     output.assert_code(2);
-    assert!(output.stderr.contains("--bogus") && output.stderr.contains("docker idpb --help"), "{output}");
+    assert!(output.stderr.contains("--bogus") && output.stderr.contains("docker idpb version --help"), "{output}");
 }
 
 #[test]

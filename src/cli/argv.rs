@@ -31,7 +31,7 @@ pub fn normalize(argv: &[String]) -> Invocation {
         Some((args, config)) => (args, config, true),
         None => (rest.to_vec(), None, false),
     };
-    args = split_equals(args);
+    args = split_equals(args, &super::help::switches());
     Invocation { args, docker_config, plugin }
 }
 
@@ -74,22 +74,10 @@ fn strip_plugin_framing(args: &[String]) -> Option<(Vec<String>, Option<String>)
     None
 }
 
-/// The flags that take no value; every other `--flag` (without `=`) is followed by its value.
-const VALUELESS: &[&str] = &[
-    "--help",
-    "--insecure",
-    "--plain-http",
-    "--password-stdin",
-    "--preserve-mtime",
-    "--no-cache",
-    "--list",
-    "--quiet",
-    "-q",
-];
-
-/// `--name=value` -> `--name value` for tokens in flag position, up to a `--` terminator. A token that is
+/// `--name=value` -> `--name value` for tokens in flag position (`switches` take no value; every other
+/// flag is followed by its value), up to a `--` terminator. A token that is
 /// the value of the flag before it (`--cmd --port=8080`) is left alone.
-fn split_equals(args: Vec<String>) -> Vec<String> {
+fn split_equals(args: Vec<String>, switches: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut literal = false;
     let mut value_expected = false;
@@ -111,7 +99,7 @@ fn split_equals(args: Vec<String>) -> Vec<String> {
                 out.push(value.to_string());
             }
             None => {
-                value_expected = !VALUELESS.contains(&a.as_str());
+                value_expected = !switches.contains(&a);
                 out.push(a);
             }
         }

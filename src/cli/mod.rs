@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::error::{Error, Result};
 use crate::image::{ImageOptions, Platform, parse_command, parse_key_value, parse_port};
@@ -17,19 +17,20 @@ use crate::layer::LayerOptions;
 pub mod argv;
 mod build;
 mod credential;
+pub mod help;
 mod inspect;
 mod login;
 mod push;
 mod trust;
 
 /// Build a directory into an OCI image and push it to a registry, with no container runtime.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 pub struct Cli {
     #[argh(subcommand)]
     pub command: Command,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
@@ -46,8 +47,9 @@ pub enum Command {
 }
 
 /// Print the version.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "version")]
+#[argh(example = "{command_name}")]
 pub struct VersionArgs {}
 
 macro_rules! with_image_flags {
@@ -57,60 +59,60 @@ macro_rules! with_image_flags {
             $($body)*
             /// the image to build on: a registry reference (alpine:3.20, HOST/NAME@sha256:...), oci:DIR[:TAG],
             /// or scratch (default: $IDPB_BASE, else scratch)
-            #[argh(option)]
+            #[argh(option, arg_name = "REF")]
             pub base: Option<String>,
             /// platform(s) of the image, OS/ARCH[/VARIANT][=DIR], comma-separated or repeated, or `all` (every
             /// platform of the base); several give an image index (default: linux on the host's architecture)
-            #[argh(option)]
+            #[argh(option, arg_name = "OS/ARCH")]
             pub platform: Vec<String>,
             /// entrypoint: a JSON array or a string split on whitespace
-            #[argh(option)]
+            #[argh(option, arg_name = "CMD")]
             pub entrypoint: Option<String>,
             /// default command: a JSON array or a string split on whitespace
-            #[argh(option)]
+            #[argh(option, arg_name = "CMD")]
             pub cmd: Option<String>,
             /// environment variable KEY=VALUE (repeatable)
-            #[argh(option)]
+            #[argh(option, arg_name = "KEY=VALUE")]
             pub env: Vec<String>,
             /// working directory of the container
-            #[argh(option)]
+            #[argh(option, arg_name = "DIR")]
             pub workdir: Option<String>,
             /// user (and group) the container runs as, e.g. 1000:1000 or nobody
-            #[argh(option)]
+            #[argh(option, arg_name = "USER")]
             pub user: Option<String>,
             /// config label KEY=VALUE (repeatable)
-            #[argh(option)]
+            #[argh(option, arg_name = "KEY=VALUE")]
             pub label: Vec<String>,
             /// manifest annotation KEY=VALUE (repeatable)
-            #[argh(option)]
+            #[argh(option, arg_name = "KEY=VALUE")]
             pub annotation: Vec<String>,
             /// port the container listens on, PORT[/tcp|udp|sctp] (repeatable)
-            #[argh(option)]
+            #[argh(option, arg_name = "PORT")]
             pub expose: Vec<String>,
             /// put the paths matching this .dockerignore-style pattern in a layer of their own, in flag order
             /// (repeatable; what no pattern matches goes into a last layer), e.g. --layer 'vendor/'
-            #[argh(option)]
+            #[argh(option, arg_name = "PATTERN")]
             pub layer: Vec<String>,
             /// where the context goes in the image (default /)
-            #[argh(option)]
+            #[argh(option, arg_name = "DIR")]
             pub prefix: Option<String>,
             /// keep files' modification times instead of SOURCE_DATE_EPOCH or 0
             #[argh(switch)]
             pub preserve_mtime: bool,
             /// owner of every file in the layer, UID:GID (default 0:0)
-            #[argh(option)]
+            #[argh(option, arg_name = "UID:GID")]
             pub chown: Option<String>,
             /// gzip level 0-9 (default 1: fast; 6 is gzip's default, about 5x slower for a few % smaller)
-            #[argh(option)]
+            #[argh(option, arg_name = "LEVEL")]
             pub compression_level: Option<u8>,
             /// always read and compress the context, even if it is unchanged since the last run
             #[argh(switch)]
             pub no_cache: bool,
             /// write the manifest digest to this file
-            #[argh(option)]
+            #[argh(option, arg_name = "FILE")]
             pub digest_file: Option<PathBuf>,
             /// output format: text (default) or json
-            #[argh(option, default = "String::from(\"text\")")]
+            #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
             pub format: String,
             /// no progress or notes on stderr
             #[argh(switch, short = 'q')]
@@ -158,25 +160,25 @@ macro_rules! with_registry_flags {
                 #[argh(switch)]
                 pub plain_http: bool,
                 /// trust the CA certificates in this PEM file (repeatable)
-                #[argh(option)]
+                #[argh(option, arg_name = "FILE")]
                 pub ca_file: Vec<PathBuf>,
                 /// true: verify TLS even for loopback registries; false: same as --insecure
-                #[argh(option)]
+                #[argh(option, arg_name = "BOOL")]
                 pub tls_verify: Option<bool>,
                 /// registry user name (with --password-stdin)
-                #[argh(option, short = 'u')]
+                #[argh(option, short = 'u', arg_name = "USER")]
                 pub username: Option<String>,
                 /// read the registry password or token from stdin
                 #[argh(switch)]
                 pub password_stdin: bool,
                 /// retries per request on network errors and 408/429/5xx (default 5)
-                #[argh(option)]
+                #[argh(option, arg_name = "N")]
                 pub retries: Option<u32>,
                 /// give up a request after retrying this long, e.g. 90s or 5m (default 2m)
-                #[argh(option)]
+                #[argh(option, arg_name = "DURATION")]
                 pub timeout: Option<String>,
                 /// docker config directory (like docker --config)
-                #[argh(option)]
+                #[argh(option, arg_name = "DIR")]
                 pub config: Option<PathBuf>,
             }
         }
@@ -212,20 +214,25 @@ macro_rules! plain {
 with_registry_flags! {
 with_image_flags! {
     /// Build a directory into an OCI image: an OCI layout, a docker-loadable tar, or the local store.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "build")]
+    #[argh(example = "{command_name} ./site                # into the local store, as site:latest")]
+    #[argh(example = "{command_name} ./site --oci-layout out -t site:1")]
+    #[argh(example = "{command_name} ./site --tar site.tar && docker load -i site.tar")]
+    #[argh(example = "{command_name} ./app --base alpine:3.20 --cmd '[\"/app/run\"]' --platform linux/amd64,linux/arm64")]
+    #[argh(example = "{command_name} ./site --list         # what would go in; builds nothing")]
     pub struct BuildArgs {
         /// the directory to build (default: .)
         #[argh(positional)]
         pub context: Option<PathBuf>,
         /// name and tag, NAME[:TAG] (repeatable; default: the directory's name, :latest)
-        #[argh(option, short = 't')]
+        #[argh(option, short = 't', arg_name = "REF")]
         pub tag: Vec<String>,
         /// write (or add to) an OCI image layout in this directory
-        #[argh(option)]
+        #[argh(option, arg_name = "DIR")]
         pub oci_layout: Option<PathBuf>,
         /// write a tar that `docker load` accepts
-        #[argh(option)]
+        #[argh(option, arg_name = "FILE")]
         pub tar: Option<PathBuf>,
         /// print the paths that would go into the layer, in layer order, and build nothing
         #[argh(switch)]
@@ -237,24 +244,29 @@ with_image_flags! {
 with_registry_flags! {
 with_image_flags! {
     /// Build a directory into an OCI image and stream it into a registry (or push an image built earlier).
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "push")]
+    #[argh(example = "{command_name} ./site                 # to idpbuilder's Gitea as giteaadmin/site:latest")]
+    #[argh(example = "{command_name} ./site -t localhost:5000/team/site:v1")]
+    #[argh(example = "{command_name} ./app --base python:3.12-slim --layer 'vendor/' -t HOST/team/app:1")]
+    #[argh(example = "{command_name} --image site:1 -t HOST/team/site:1    # an image built earlier")]
+    #[argh(example = "echo \"$TOKEN\" | {command_name} ./site -t ghcr.io/me/site -u me --password-stdin")]
     pub struct PushArgs {
         /// the directory to push (default: an image from --oci-layout or the local store)
         #[argh(positional)]
         pub context: Option<PathBuf>,
         /// target HOST/OWNER/IMAGE[:TAG] (repeatable; default: gitea.cnoe.localtest.me:8443/giteaadmin/DIR:latest,
         /// host and owner overridable with IDPB_REGISTRY and IDPB_OWNER)
-        #[argh(option, short = 't')]
+        #[argh(option, short = 't', arg_name = "REF")]
         pub tag: Vec<String>,
         /// push an image from this OCI layout instead of a directory
-        #[argh(option)]
+        #[argh(option, arg_name = "DIR")]
         pub oci_layout: Option<PathBuf>,
         /// the image to take from --oci-layout or the local store, NAME:TAG
-        #[argh(option)]
+        #[argh(option, arg_name = "NAME:TAG")]
         pub image: Option<String>,
         /// upload chunk size, e.g. 8MiB (default 8MiB; smaller through proxies that limit body size)
-        #[argh(option)]
+        #[argh(option, arg_name = "SIZE")]
         pub chunk_size: Option<String>,
     }
 }
@@ -263,8 +275,9 @@ with_image_flags! {
 with_registry_flags! {
 plain! {
     /// Log in to a registry: check the credentials, then save them in Docker's config.json (or its helper).
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "login")]
+    #[argh(example = "echo \"$TOKEN\" | {command_name} ghcr.io -u me --password-stdin")]
     pub struct LoginArgs {
         /// the registry, HOST[:PORT]
         #[argh(positional)]
@@ -274,28 +287,31 @@ plain! {
 }
 
 /// Remove a registry's credentials from Docker's config.json (or its helper).
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "logout")]
+#[argh(example = "{command_name} ghcr.io")]
 pub struct LogoutArgs {
     /// the registry, HOST[:PORT]
     #[argh(positional)]
     pub host: String,
     /// docker config directory (like docker --config)
-    #[argh(option)]
+    #[argh(option, arg_name = "DIR")]
     pub config: Option<PathBuf>,
 }
 
 with_registry_flags! {
 plain! {
     /// List a registry's repositories (default: idpbuilder's Gitea).
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "catalog")]
+    #[argh(example = "{command_name}")]
+    #[argh(example = "{command_name} localhost:5000 --format json")]
     pub struct CatalogArgs {
         /// the registry, HOST[:PORT]
         #[argh(positional)]
         pub host: Option<String>,
         /// output format: text (default) or json
-        #[argh(option, default = "String::from(\"text\")")]
+        #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
         pub format: String,
         /// no notes on stderr
         #[argh(switch, short = 'q')]
@@ -307,14 +323,15 @@ plain! {
 with_registry_flags! {
 plain! {
     /// List the tags of a repository, HOST/NAME.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "tags")]
+    #[argh(example = "{command_name} gitea.cnoe.localtest.me:8443/giteaadmin/site")]
     pub struct TagsArgs {
         /// the repository, HOST/OWNER/NAME
         #[argh(positional)]
         pub repository: String,
         /// output format: text (default) or json
-        #[argh(option, default = "String::from(\"text\")")]
+        #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
         pub format: String,
         /// no notes on stderr
         #[argh(switch, short = 'q')]
@@ -326,14 +343,16 @@ plain! {
 with_registry_flags! {
 plain! {
     /// Show an image's manifest and config (each platform of an index).
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "inspect")]
+    #[argh(example = "{command_name} gitea.cnoe.localtest.me:8443/giteaadmin/site:latest")]
+    #[argh(example = "{command_name} localhost:5000/team/site@sha256:... --format json")]
     pub struct InspectArgs {
         /// the image, HOST/OWNER/NAME[:TAG|@DIGEST]
         #[argh(positional)]
         pub reference: String,
         /// output format: text (default) or json
-        #[argh(option, default = "String::from(\"text\")")]
+        #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
         pub format: String,
         /// no notes on stderr
         #[argh(switch, short = 'q')]
@@ -344,14 +363,18 @@ plain! {
 
 /// Show a registry's CA and install it where Docker and docker-idpb look for it (default: fetch idpbuilder's
 /// from the cluster with kubectl), so pushes to that registry are verified.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "trust")]
+#[argh(example = "{command_name}                       # idpbuilder's CA, from the cluster")]
+#[argh(example = "{command_name} localhost:5000 --from-file ca.pem")]
+#[argh(example = "sudo {command_name} --system         # the Docker engine trusts it too")]
+#[argh(example = "{command_name} --remove localhost:5000")]
 pub struct TrustArgs {
     /// the registry, HOST[:PORT] (default: $IDPB_REGISTRY, else gitea.cnoe.localtest.me:8443)
     #[argh(positional)]
     pub host: Option<String>,
     /// read the CA from this PEM file instead of the idpbuilder cluster
-    #[argh(option)]
+    #[argh(option, arg_name = "FILE")]
     pub from_file: Option<std::path::PathBuf>,
     /// install in /etc/docker/certs.d, which the Docker engine reads too (needs root)
     #[argh(switch)]
@@ -360,10 +383,10 @@ pub struct TrustArgs {
     #[argh(switch)]
     pub remove: bool,
     /// give up on kubectl after this long, e.g. 10s (default 30s)
-    #[argh(option)]
+    #[argh(option, arg_name = "DURATION")]
     pub timeout: Option<String>,
     /// output format: text (default) or json
-    #[argh(option, default = "String::from(\"text\")")]
+    #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
     pub format: String,
     /// no notes on stderr
     #[argh(switch, short = 'q')]
@@ -371,8 +394,9 @@ pub struct TrustArgs {
 }
 
 /// Answer the docker credential helper protocol for idpbuilder's Gitea (get, list, store, erase).
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "credential")]
+#[argh(example = "echo gitea.cnoe.localtest.me:8443 | {command_name} get")]
 pub struct CredentialArgs {
     /// get, list, store or erase
     #[argh(positional)]
