@@ -161,7 +161,8 @@ fn rich_context_round_trips_through_token_auth_registry() {
 /// Gitea answers with relative upload `Location`s; the reference registry does too with `relativeurls`.
 #[test]
 fn relative_upload_locations_are_followed() {
-    let registry = Registry::start_with(RegistryMode::Http, &RegistryOptions { relative_urls: true });
+    let registry =
+        Registry::start_with(RegistryMode::Http, &RegistryOptions { relative_urls: true, ..Default::default() });
     let tmp = TempDir::new("push-relative");
     let context = tmp.subdir("ctx");
     make_small_context(&context, "relative");

@@ -12,10 +12,11 @@
 //!
 //! Map: [`process`] runs the binary in an isolated environment, [`http`] talks to servers directly,
 //! [`bases`] makes base images with umoci (busybox, merged-usr) and runs a private Docker engine,
-//! [`tls`] makes the test CA, [`registry`] starts registries and the token server, [`hostile`] plays a
-//! misbehaving registry (or proxy) and records what it was sent, [`peers`] wraps skopeo and umoci,
-//! [`context`] builds a build context full of edge cases, [`tree`] compares directory trees and
-//! [`results`] reads back what the binary printed (`REF@DIGEST` lines, digests, JSON).
+//! [`tls`] makes the test CA (and good or bad server certificates), [`registry`] starts registries and the
+//! token server, [`hostile`] plays a misbehaving registry (or proxy) and records what it was sent,
+//! [`peers`] wraps skopeo and umoci, [`context`] builds a build context full of edge cases, [`tree`]
+//! compares directory trees and [`results`] reads back what the binary printed (`REF@DIGEST` lines,
+//! digests, JSON).
 
 // Each test file uses a different subset of the fixtures.
 #![allow(dead_code)]
@@ -73,7 +74,7 @@ pub use results::{
     pushed_digest, pushed_lines, read_json, sha256_digest, strings,
 };
 #[allow(unused_imports)]
-pub use tls::TestCa;
+pub use tls::{LOOPBACK_NAMES, ServerCert, TEST_CA_NAME, TestCa, certificate_fingerprint, certificate_validity};
 #[allow(unused_imports)]
 pub use tree::{Entry, EntryKind, Listing, assert_same_listing, assert_same_tree, diff_listings, tree_listing};
 

@@ -8,13 +8,15 @@
 //! stderr go to one log; its access-log lines (`"METHOD PATH HTTP/1.1" STATUS`) are what
 //! [`Registry::count_requests`] counts, e.g. to check that an upload used PATCH chunks or skipped a blob.
 //! [`stored_digest`] and [`tag_list`] read back what a push left, with the registry's own credentials.
+//! [`RegistryOptions::server_cert`] makes an HTTPS registry serve a given certificate (expired, wrongly
+//! named, from another CA) instead of its own CA's.
 
 use super::TempDir;
 use super::context::write_file;
 use super::http::{HttpResponse, Request, base64, basic_auth, fetch, try_fetch};
 use super::process::{Daemon, require_python_jwt, require_tool, run, start_on_free_port};
 use super::results::strings;
-use super::tls::TestCa;
+use super::tls::{ServerCert, TestCa};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,10 @@ impl RegistryMode {
 pub struct RegistryOptions {
     /// `http.relativeurls: true`: upload `Location`s come back relative, as from Gitea.
     pub relative_urls: bool,
+    /// The TLS certificate and key to serve instead of one from the registry's own test CA (`Https` and
+    /// `HttpsBasic` only), e.g. an expired one. Such a registry has no CA of its own: [`Registry::ca`] and
+    /// [`Registry::trust_dir`] are `None`, so direct requests and skopeo do not check its certificate.
+    pub server_cert: Option<ServerCert>,
 }
 
 /// One line of the registry's access log.
@@ -98,7 +104,11 @@ impl Registry {
         require_tool("docker-registry");
         require_tool("curl");
         let dir = TempDir::new("registry");
-        let ca = mode.is_https().then(TestCa::new);
+        let ca = match (&options.server_cert, &mode) {
+            (None, _) => mode.is_https().then(TestCa::new),
+            (Some(_), RegistryMode::Https | RegistryMode::HttpsBasic { .. }) => None,
+            (Some(_), other) => panic!("a custom server certificate needs Https or HttpsBasic, not {other:?}"),
+        };
         let token_server = match (&mode, &ca) {
             (RegistryMode::HttpsToken { user, pass }, Some(ca)) => Some(TokenServer::start(ca, user, pass)),
             _ => None,
@@ -117,8 +127,9 @@ impl Registry {
             ),
             _ => String::new(),
         };
-        let tls = ca.as_ref().map_or(String::new(), |ca| {
-            format!("  tls: {{certificate: {}, key: {}}}\n", yaml_path(&ca.server_crt), yaml_path(&ca.server_key))
+        let server_cert = options.server_cert.clone().or_else(|| ca.as_ref().map(TestCa::server));
+        let tls = server_cert.map_or(String::new(), |cert| {
+            format!("  tls: {{certificate: {}, key: {}}}\n", yaml_path(&cert.crt), yaml_path(&cert.key))
         });
         let relative = if options.relative_urls { "  relativeurls: true\n" } else { "" };
 
@@ -172,12 +183,13 @@ impl Registry {
         &self.mode
     }
 
-    /// The CA that signed the registry's (and token server's) certificate; `None` for plain HTTP.
+    /// The CA that signed the registry's (and token server's) certificate; `None` for plain HTTP and for a
+    /// [`RegistryOptions::server_cert`].
     pub fn ca(&self) -> Option<&Path> {
         self.ca.as_ref().map(|ca| ca.ca_crt.as_path())
     }
 
-    /// A directory holding only the CA as `ca.crt` (for `--cert-dir`); `None` for plain HTTP.
+    /// A directory holding only the CA as `ca.crt` (for `--cert-dir`); `None` as for [`Registry::ca`].
     pub fn trust_dir(&self) -> Option<&Path> {
         self.ca.as_ref().map(|ca| ca.trust_dir.as_path())
     }
