@@ -27,7 +27,11 @@ pub fn run(args: TrustArgs) -> Result<()> {
         Some(file) => Ca::from_file(file)?,
         None => {
             let timeout = args.timeout.as_deref().map(|t| super::parse_duration("--timeout", t)).transpose()?;
-            match crate::idpbuilder::cluster_ca_within(timeout, &Cancel::process())? {
+            let fetched = crate::idpbuilder::cluster_ca_within(timeout, &Cancel::process()).map_err(|e| match e {
+                Error::Cancelled => e,
+                other => Error::Tls(format!("{other}; or give the CA with `trust {host} --from-file CA.pem`")),
+            });
+            match fetched? {
                 Some(anchor) => Ca::from_pem(&anchor.pem, &anchor.source)?,
                 None => {
                     return Err(Error::Tls(format!(
