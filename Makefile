@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/docker-idpb
-APT_PACKAGES := docker-registry skopeo umoci nginx apache2-utils python3-jwt openssl curl time util-linux busybox-static
+APT_PACKAGES := docker-registry skopeo umoci nginx apache2-utils python3-jwt openssl curl time util-linux busybox-static git
 # A tool per package, to decide whether apt must run at all.
-APT_TOOLS := /usr/bin/docker-registry /usr/bin/skopeo /usr/bin/umoci /usr/sbin/nginx /usr/bin/htpasswd /usr/bin/openssl /usr/bin/curl /usr/bin/time /usr/bin/unshare /bin/busybox /usr/sbin/dockerd /usr/bin/podman /usr/sbin/runc
+APT_TOOLS := /usr/bin/docker-registry /usr/bin/skopeo /usr/bin/umoci /usr/sbin/nginx /usr/bin/htpasswd /usr/bin/openssl /usr/bin/curl /usr/bin/time /usr/bin/unshare /bin/busybox /usr/sbin/dockerd /usr/bin/podman /usr/sbin/runc /usr/bin/git
 
 .PHONY: all build release test unit lint fmt deps demo bench clean install uninstall static image
 

@@ -27,6 +27,10 @@ pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.roo
 /// Manifest annotations naming the image an image was built on (image-spec's pre-defined keys).
 pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
 pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
+/// The repository and commit the image was built from (image-spec's pre-defined keys), added as manifest
+/// annotations and config labels from the context's git repository (see `vcs`).
+pub const ANNOTATION_SOURCE: &str = "org.opencontainers.image.source";
+pub const ANNOTATION_REVISION: &str = "org.opencontainers.image.revision";
 
 /// A media type, kept as given; [`MediaType::is_index`] and [`MediaType::is_image`] know OCI's and Docker's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 //! `.dockerignore`) becomes a layer ([`layer`]: tar -> gzip -> sha256, streamed), the layer and the image
 //! flags become a config and manifest ([`image`]), and a [`sink::Sink`] stores the result: an OCI layout or
 //! docker-loadable tar on disk ([`layout`]) or a registry. [`pipeline`] wires the stages; [`cli`] is the
-//! command line on top. Each module answers one question and documents its design at its top.
+//! command line on top; [`vcs`] reads the git origin and commit a context was built from, for the image's
+//! provenance labels. Each module answers one question and documents its design at its top.
 
 pub mod atomic;
 pub mod auth;
@@ -30,4 +31,5 @@ pub mod rootfs;
 pub mod signal;
 pub mod sink;
 pub mod tls;
+pub mod vcs;
 pub mod walk;

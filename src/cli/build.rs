@@ -49,7 +49,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let mut progress = Progress::new(args.quiet);
     let lookup = args.credential_lookup()?;
-    let plan = Plan { context, layer, image, split };
+    let mut plan = Plan { context, layer, image, split };
+    args.add_provenance(&mut plan.image, plan.context.root(), &mut progress);
     let cache = args.layer_cache()?;
     let cache = cache.as_ref();
     // Bases first: a missing base must leave no output behind.
@@ -64,7 +65,6 @@ pub fn run(args: BuildArgs) -> Result<()> {
     for (platform, _) in &list {
         bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
     }
-    let mut plan = plan;
     if !multi && let Some((p, _)) = list.first() {
         plan.image.platform = Some(p.clone());
     }

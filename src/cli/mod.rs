@@ -13,6 +13,7 @@ use argh::{ArgsInfo, FromArgs};
 use crate::error::{Error, Result};
 use crate::image::{ImageOptions, Platform, parse_command, parse_key_value, parse_port};
 use crate::layer::LayerOptions;
+use crate::progress::Progress;
 
 pub mod argv;
 mod build;
@@ -108,6 +109,10 @@ macro_rules! with_image_flags {
             /// always read and compress the context, even if it is unchanged since the last run
             #[argh(switch)]
             pub no_cache: bool,
+            /// do not add the git origin and commit as org.opencontainers.image.source/revision (added by
+            /// default when the context is in a git work tree)
+            #[argh(switch)]
+            pub no_vcs: bool,
             /// write the manifest digest to this file
             #[argh(option, arg_name = "FILE")]
             pub digest_file: Option<PathBuf>,
@@ -139,6 +144,7 @@ macro_rules! with_image_flags {
                     compression_level: self.compression_level,
                     format: &self.format,
                     no_cache: self.no_cache,
+                    no_vcs: self.no_vcs,
                 }
             }
         }
@@ -525,6 +531,7 @@ pub struct ImageFlagValues<'a> {
     pub compression_level: Option<u8>,
     pub format: &'a str,
     pub no_cache: bool,
+    pub no_vcs: bool,
 }
 
 /// Commands that carry the image flags.
@@ -575,6 +582,14 @@ pub trait ImageFlags {
             o.exposed_ports.push(parse_port(p)?);
         }
         Ok(o)
+    }
+
+    /// Adds the git origin and commit of the repository holding `context_dir` to `image` (see `vcs`),
+    /// unless `--no-vcs`.
+    fn add_provenance(&self, image: &mut ImageOptions, context_dir: &std::path::Path, progress: &mut Progress) {
+        if !self.image_flags().no_vcs {
+            crate::vcs::stamp(image, context_dir, progress);
+        }
     }
 
     /// Layer options, validated; the epoch comes from `SOURCE_DATE_EPOCH` when set.

@@ -46,10 +46,13 @@ pub fn run(args: PushArgs) -> Result<()> {
     let base_ref = args.base_ref()?;
     let targets = args.platforms()?;
     let multi = super::is_multi_platform(&targets);
-    let (source, default_name) = source(&args, &targets)?;
+    let (mut source, default_name) = source(&args, &targets)?;
     let names = target_names(&args.tag, default_name.as_deref())?;
     check_digest_file(args.digest_file.as_deref())?;
     let mut progress = Progress::new(args.quiet);
+    if let Source::Context(plan) = &mut source {
+        args.add_provenance(&mut plan.image, plan.context.root(), &mut progress);
+    }
     for n in &names {
         if crate::idpbuilder::serves(n.api_host()) && n.tag_or_latest().chars().any(|c| c.is_ascii_uppercase()) {
             progress.note(&format!(
