@@ -29,5 +29,6 @@ pub mod registry;
 pub mod rootfs;
 pub mod signal;
 pub mod sink;
+pub mod store;
 pub mod tls;
 pub mod walk;
