@@ -69,7 +69,7 @@ impl NamePrinter {
     }
 }
 
-fn json_format(format: &str) -> Result<bool> {
+pub(super) fn json_format(format: &str) -> Result<bool> {
     match format {
         "text" => Ok(false),
         "json" => Ok(true),

@@ -20,6 +20,7 @@ mod credential;
 mod inspect;
 mod login;
 mod push;
+mod store;
 
 /// Build a directory into an OCI image and push it to a registry, with no container runtime.
 #[derive(FromArgs, Debug)]
@@ -39,6 +40,9 @@ pub enum Command {
     Catalog(CatalogArgs),
     Tags(TagsArgs),
     Inspect(InspectArgs),
+    Images(ImagesArgs),
+    Rm(RmArgs),
+    Prune(PruneArgs),
     Credential(CredentialArgs),
     Version(VersionArgs),
 }
@@ -338,6 +342,45 @@ plain! {
         pub quiet: bool,
     }
 }
+}
+
+/// List the images in the local store: name, tag, digest, age and size.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "images")]
+pub struct ImagesArgs {
+    /// output format: text (default) or json (size: the manifest's or index's; total_size: every blob once)
+    #[argh(option, default = "String::from(\"text\")")]
+    pub format: String,
+    /// print only NAME:TAG, one per line
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Remove images from the local store by name (their blobs stay until `prune`).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "rm")]
+pub struct RmArgs {
+    /// the images, NAME[:TAG] (default tag: latest)
+    #[argh(positional)]
+    pub names: Vec<String>,
+    /// output format: text (default) or json
+    #[argh(option, default = "String::from(\"text\")")]
+    pub format: String,
+    /// print nothing on success
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Delete the blobs no image in the local store uses, and temp files left by interrupted runs.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "prune")]
+pub struct PruneArgs {
+    /// output format: text (default) or json
+    #[argh(option, default = "String::from(\"text\")")]
+    pub format: String,
+    /// no notes on stderr (such as waiting for a build into the store)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
 }
 
 /// Answer the docker credential helper protocol for idpbuilder's Gitea (get, list, store, erase).
@@ -794,6 +837,9 @@ pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
             args.set_docker_config(docker_config);
             inspect::inspect(args)
         }
+        Command::Images(args) => store::images(args),
+        Command::Rm(args) => store::rm(args),
+        Command::Prune(args) => store::prune(args),
         Command::Credential(args) => credential::run(&args.action),
         Command::Version(_) => {
             println!("docker-idpb {}", env!("CARGO_PKG_VERSION"));
