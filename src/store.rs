@@ -200,30 +200,36 @@ impl Store {
             Some(want) => entries.iter().filter(|d| entry_matches(d, want)).collect(),
             None => entries.iter().collect(),
         };
+        let store = crate::progress::escaped(&self.root.display().to_string());
         match (matching.as_slice(), name) {
             ([one], _) => Ok((*one).clone()),
-            ([], Some(want)) => Err(Error::NotInStore {
-                wanted: vec![want.to_string()],
+            // Kept a usage error (exit 2), as before the store could be listed: the fix is another argument.
+            ([], _) if entries.is_empty() => Err(Error::usage(format!(
+                "nothing to push: {}the local store {store} is empty; give a CONTEXT directory, build the image \
+                 first (`docker-idpb build DIR -t NAME:TAG`), or use --oci-layout DIR",
+                name.map(|n| format!("no image {}: ", crate::progress::escaped(n))).unwrap_or_default()
+            ))),
+            // `want` is always given here: without a name, every entry matches.
+            ([], want) => Err(Error::NotInStore {
+                wanted: want.into_iter().map(str::to_string).collect(),
                 held: Self::held(&entries),
                 store: self.root.clone(),
-                hint: if entries.is_empty() {
-                    "build it first (`docker-idpb build DIR -t NAME:TAG`) or push a CONTEXT directory".to_string()
-                } else {
-                    "choose one with --image NAME:TAG (`docker-idpb images` lists them)".to_string()
-                },
+                hint: "choose one with --image NAME:TAG (`docker-idpb images` lists them)".to_string(),
             }),
-            ([], None) => Err(Error::usage(format!(
-                "nothing to push: the local store {} is empty; give a CONTEXT directory, or --oci-layout DIR",
-                crate::progress::escaped(&self.root.display().to_string())
-            ))),
-            (several, want) => Err(Error::Layout(format!(
-                "{} several images in the local store ({}): choose one with --image NAME:TAG",
-                match want {
-                    Some(w) => format!("{} names", crate::progress::escaped(w)),
-                    None => "no -t or --image to choose from".to_string(),
-                },
-                several.iter().map(|d| crate::progress::escaped(&reference_of(d))).collect::<Vec<_>>().join(", ")
-            ))),
+            (several, want) => {
+                let names: Vec<String> = several.iter().map(|d| crate::progress::escaped(&reference_of(d))).collect();
+                Err(Error::Layout(match want {
+                    None => format!(
+                        "the local store {store} holds several images ({}): choose one with --image NAME:TAG",
+                        names.join(", ")
+                    ),
+                    Some(w) => format!(
+                        "{} names several images in the local store {store} ({}): give one NAME:TAG with --image",
+                        crate::progress::escaped(w),
+                        names.join(", ")
+                    ),
+                }))
+            }
         }
     }
 
