@@ -11,7 +11,10 @@
 //! A read-modify-write of a file several runs share (a layout's `index.json`, Docker's `config.json`) holds
 //! an advisory lock ([`Locked`], std's `File::lock` on its directory) from the read to the rename,
 //! so concurrent runs (`make -j`, parallel CI jobs on one runner) each add their entry instead of the last
-//! one winning; blobs need no lock (content-addressed, renamed into place).
+//! one winning; blobs need no lock against each other (content-addressed, renamed into place). Deleting
+//! blobs does: a run that writes into the local store holds a shared lock on its `blobs/` directory
+//! ([`Locked::shared`]) from its first blob to its index entry, and `prune` takes it exclusively
+//! ([`Locked::exclusive`]), so it never deletes a blob that a build has found or written but not yet named.
 //!
 //! Reading is bounded the same way everywhere: [`read_capped`] reads at most a cap (4 MiB for image JSON,
 //! [`CREDENTIALS_CAP`] for credential files) and fails with a one-line error naming the file beyond it, so a
@@ -79,6 +82,34 @@ impl Locked {
         let handle = File::open(dir).map_err(|e| Error::io(dir, "open", e))?;
         handle.lock().map_err(|e| Error::io(dir, "lock", e))?;
         Ok(Locked { _dir: handle })
+    }
+
+    /// Waits for a shared lock on the directory `dir` itself: any number of holders, none while someone
+    /// holds it exclusively ([`Locked::exclusive`]).
+    pub fn shared(dir: &Path) -> Result<Locked> {
+        let handle = File::open(dir).map_err(|e| Error::io(dir, "open", e))?;
+        handle.lock_shared().map_err(|e| Error::io(dir, "lock", e))?;
+        Ok(Locked { _dir: handle })
+    }
+
+    /// Takes the exclusive lock on the directory `dir` itself, once every shared holder is gone. While it
+    /// has to wait, `waiting` is called once and `cancel` is checked between attempts, so a user who
+    /// interrupts the wait gets `Error::Cancelled` instead of a process stuck in `flock`.
+    pub fn exclusive(dir: &Path, cancel: &crate::signal::Cancel, waiting: impl FnOnce()) -> Result<Locked> {
+        let handle = File::open(dir).map_err(|e| Error::io(dir, "open", e))?;
+        let mut waiting = Some(waiting);
+        loop {
+            match handle.try_lock() {
+                Ok(()) => return Ok(Locked { _dir: handle }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if let Some(note) = waiting.take() {
+                        note();
+                    }
+                    cancel.sleep(std::time::Duration::from_millis(100))?;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(dir, "lock", e)),
+            }
+        }
     }
 }
 

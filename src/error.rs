@@ -120,6 +120,9 @@ pub enum Error {
     Reference { input: String, message: String },
     /// An OCI layout or local store is missing something or malformed.
     Layout(String),
+    /// Images asked for by name that the local store does not hold: the names, what it holds instead
+    /// (every NAME:TAG), where it is, and what to do.
+    NotInStore { wanted: Vec<String>, held: Vec<String>, store: PathBuf, hint: String },
     /// A registry answered with an error, could not be reached, or broke the protocol.
     Registry(Box<RegistryError>),
     /// Authentication failed or credentials could not be obtained.
@@ -209,6 +212,25 @@ impl fmt::Display for Error {
             Error::Layout(m) | Error::Auth(m) | Error::Tls(m) => {
                 write!(f, "{m}")
             }
+            Error::NotInStore { wanted, held, store, hint } => {
+                let wanted: Vec<String> = wanted.iter().map(|w| crate::progress::escaped(w)).collect();
+                let store = crate::progress::escaped(&store.display().to_string());
+                let plural = if wanted.len() == 1 { "image" } else { "images" };
+                write!(f, "no {plural} {} in the local store {store}; ", wanted.join(", "))?;
+                // One line however full the store is: the first few names, then a count.
+                const SHOWN: usize = 10;
+                match held.len() {
+                    0 => write!(f, "it is empty")?,
+                    n => {
+                        let names: Vec<String> = held.iter().take(SHOWN).map(|h| crate::progress::escaped(h)).collect();
+                        write!(f, "it holds {}", names.join(", "))?;
+                        if n > SHOWN {
+                            write!(f, " and {} more", n - SHOWN)?;
+                        }
+                    }
+                }
+                write!(f, "; {hint}")
+            }
             Error::Registry(e) => write!(f, "{e}"),
             Error::Restart(r) => write!(f, "{}", r.reason()),
             Error::Cancelled => write!(f, "cancelled"),
@@ -245,6 +267,27 @@ mod tests {
         assert!(s.starts_with("cannot read /x/y: "), "{s}");
         assert!(s.ends_with("(check its permissions)"), "{s}");
         assert!(!s.contains("os error"), "{s}");
+    }
+
+    #[test]
+    fn not_in_store_lists_what_the_store_holds_on_one_line() {
+        let e = |wanted: &[&str], held: Vec<String>| Error::NotInStore {
+            wanted: wanted.iter().map(|w| w.to_string()).collect(),
+            held,
+            store: PathBuf::from("/s"),
+            hint: "see `docker-idpb images`".into(),
+        };
+        assert_eq!(
+            e(&["x:1"], vec!["a:1".into(), "b:latest".into()]).to_string(),
+            "no image x:1 in the local store /s; it holds a:1, b:latest; see `docker-idpb images`"
+        );
+        assert_eq!(
+            e(&["x:1", "y:2"], vec![]).to_string(),
+            "no images x:1, y:2 in the local store /s; it is empty; see `docker-idpb images`"
+        );
+        let many = e(&["x\n:1"], (0..25).map(|i| format!("app:{i}")).collect()).to_string();
+        assert!(many.contains("app:9 and 15 more;") && !many.contains("app:10") && !many.contains('\n'), "{many}");
+        assert_eq!(e(&["x"], vec![]).exit_code(), 1);
     }
 
     #[test]

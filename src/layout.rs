@@ -7,6 +7,13 @@
 //! others. [`TarSink`] writes the same layout as one tar plus Docker's `manifest.json`; a blob's tar header
 //! is reserved before the blob streams in and patched when its digest and size are known, so this output
 //! too is written in one pass with no temp copy. [`Layout`] reads a layout back (for `push --oci-layout`).
+//!
+//! A layout sink holds a shared lock on `blobs/` for its whole life, from the first "is this blob there?"
+//! to the index entry that names the image, so `prune` (which takes that lock exclusively, see
+//! [`crate::store`]) cannot delete a blob this run counted on. The local store's sink
+//! ([`LayoutSink::store`]) also stamps each index entry with the time it was written
+//! (`dev.idpb.stored`): index annotations are outside every image digest, and `images` shows an entry's age
+//! from it, where the config's `created` is the reproducible epoch 0.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -17,7 +24,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Index, Manifest};
+use crate::image::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, ANNOTATION_STORED, Descriptor, Index, Manifest};
 use crate::reference::Reference;
 use crate::sink::{BlobWriter, ManifestBlob, Sink};
 
@@ -39,6 +46,29 @@ fn name_in_index(index: &mut Index, mut desc: Descriptor, reference: &Reference)
     desc.annotations.insert(ANNOTATION_REF_NAME.to_string(), tag);
     desc.annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), full);
     index.manifests.push(desc);
+}
+
+/// A layout's `index.json`; a missing file is an empty index.
+pub(crate) fn read_index(path: &Path) -> Result<Index> {
+    match crate::atomic::read_capped(path, crate::atomic::IMAGE_JSON_CAP) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Layout(format!("{} is not a valid image index: {e}", path.display()))),
+        Err(e) if e.not_found() => Ok(Index::empty()),
+        Err(e) => Err(e.for_path(path, "read")),
+    }
+}
+
+/// The names an index entry is known by: its full name, then its tag (`ref.name`).
+pub fn entry_names(d: &Descriptor) -> Vec<String> {
+    [ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME].iter().filter_map(|k| d.annotations.get(*k).cloned()).collect()
+}
+
+/// Whether the index entry `d` is the one `want` names: a tag, a full name, or a familiar name.
+pub fn entry_matches(d: &Descriptor, want: &str) -> bool {
+    let parsed = Reference::parse(want).ok();
+    entry_names(d)
+        .iter()
+        .any(|n| n == want || parsed.as_ref().is_some_and(|p| p.full_name() == *n || p.familiar_name() == *n))
 }
 
 /// An OCI image layout on disk, for reading.
@@ -124,32 +154,15 @@ impl Layout {
     /// Finds the manifest named `name` (a tag, a full name, or a familiar name); with `None`, the only one.
     pub fn find(&self, name: Option<&str>) -> Result<Descriptor> {
         let index = self.index()?;
-        let names = |d: &Descriptor| -> Vec<String> {
-            [ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME]
-                .iter()
-                .filter_map(|k| d.annotations.get(*k).cloned())
-                .collect()
-        };
         let matching: Vec<&Descriptor> = match name {
             None => index.manifests.iter().collect(),
-            Some(want) => {
-                let parsed = Reference::parse(want).ok();
-                index
-                    .manifests
-                    .iter()
-                    .filter(|d| {
-                        names(d).iter().any(|n| {
-                            n == want || parsed.as_ref().is_some_and(|p| p.full_name() == *n || p.familiar_name() == *n)
-                        })
-                    })
-                    .collect()
-            }
+            Some(want) => index.manifests.iter().filter(|d| entry_matches(d, want)).collect(),
         };
         let available = || {
             let all: Vec<String> = index
                 .manifests
                 .iter()
-                .map(|d| names(d).first().cloned().unwrap_or_else(|| d.digest.to_string()))
+                .map(|d| entry_names(d).first().cloned().unwrap_or_else(|| d.digest.to_string()))
                 .collect();
             if all.is_empty() { "it holds no images".to_string() } else { format!("it holds: {}", all.join(", ")) }
         };
@@ -174,9 +187,15 @@ impl Layout {
 pub struct LayoutSink {
     root: PathBuf,
     blobs: PathBuf,
+    /// Stamp index entries with `dev.idpb.stored` (the local store; not a user's layout, whose
+    /// `index.json` stays reproducible).
+    stamp: bool,
+    /// Shared lock on `blobs/`, held until the sink is dropped: `prune` waits for it.
+    _blobs_lock: crate::atomic::Locked,
 }
 
 impl LayoutSink {
+    /// A sink for the layout at `root`: an `--oci-layout` directory.
     pub fn create(root: &Path) -> Result<LayoutSink> {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(|e| Error::io(&blobs, "create directory", e))?;
@@ -184,17 +203,17 @@ impl LayoutSink {
         if !marker.exists() {
             write_atomic(&marker, OCI_LAYOUT)?;
         }
-        Ok(LayoutSink { root: root.to_path_buf(), blobs })
+        let lock = crate::atomic::Locked::shared(&root.join("blobs"))?;
+        Ok(LayoutSink { root: root.to_path_buf(), blobs, stamp: false, _blobs_lock: lock })
+    }
+
+    /// A sink for the local store at `root`: index entries record when they were written.
+    pub fn store(root: &Path) -> Result<LayoutSink> {
+        Ok(LayoutSink { stamp: true, ..LayoutSink::create(root)? })
     }
 
     fn index(&self) -> Result<Index> {
-        let path = self.root.join("index.json");
-        match crate::atomic::read_capped(&path, crate::atomic::IMAGE_JSON_CAP) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Layout(format!("{} is not a valid image index: {e}", path.display()))),
-            Err(e) if e.not_found() => Ok(Index::empty()),
-            Err(e) => Err(e.for_path(&path, "read")),
-        }
+        read_index(&self.root.join("index.json"))
     }
 }
 
@@ -257,6 +276,10 @@ impl Sink for LayoutSink {
         let mut desc =
             Descriptor::new(manifest.media_type.as_str(), manifest.digest.clone(), manifest.bytes.len() as u64);
         desc.platform = manifest.platform.clone();
+        if self.stamp {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            desc.annotations.insert(ANNOTATION_STORED.to_string(), crate::image::rfc3339(now));
+        }
         name_in_index(&mut index, desc, reference);
         let bytes = serde_json::to_vec(&index).map_err(|e| Error::Layout(format!("cannot encode index: {e}")))?;
         write_atomic(&path, &bytes)

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod signal;
 pub mod sink;
+pub mod store;
 pub mod tls;
 pub mod vcs;
 pub mod walk;

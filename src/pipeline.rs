@@ -674,3 +674,39 @@ fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, p
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Layout(format!("cannot encode image JSON: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer cache entry outlives its blob when `prune` deletes the blob (the cache is shared with
+    /// registry pushes, so prune leaves it): the hit is confirmed with the sink, which lacks the blob, and
+    /// the layer is streamed again instead of being named by a manifest with nothing behind it.
+    #[test]
+    fn a_cache_hit_whose_blob_was_pruned_streams_the_layer_again() {
+        let dir = std::env::temp_dir().join(format!("idpb-pipeline-pruned-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("ctx")).unwrap();
+        std::fs::write(dir.join("ctx/a.txt"), "hello").unwrap();
+        let plan = Plan {
+            context: Context::open(&dir.join("ctx")).unwrap(),
+            layer: LayerOptions::default(),
+            image: ImageOptions::default(),
+            split: Split::default(),
+        };
+        let cache = LayerCache::new(&dir.join("store/cache"));
+        let mut sink = crate::layout::LayoutSink::store(&dir.join("store")).unwrap();
+        let mut progress = Progress::new(true);
+        let first = store_layer(&plan, &mut sink, &mut progress, Some(&cache)).unwrap();
+        let blob = dir.join("store/blobs/sha256").join(first.digest.hex());
+        assert!(blob.is_file());
+        let fingerprint = LayerCache::fingerprint(&plan.context, &plan.layer).unwrap();
+        assert_eq!(cache.get(&fingerprint).as_ref(), Some(&first), "the cache remembers the layer");
+
+        std::fs::remove_file(&blob).unwrap();
+        let again = store_layer(&plan, &mut sink, &mut progress, Some(&cache)).unwrap();
+        assert_eq!(again, first, "the same bytes again");
+        assert_eq!(std::fs::read(&blob).map(|b| Digest::of(&b)).ok(), Some(first.digest), "the blob is back");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

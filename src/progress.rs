@@ -102,8 +102,48 @@ pub fn human(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
+/// How long ago something happened, `secs` seconds back, in `docker images`' words ("3 minutes ago").
+pub fn ago(secs: u64) -> String {
+    let (minutes, hours) = (secs / 60, (secs + 1800) / 3600);
+    let span = match secs {
+        0 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        2..60 => format!("{secs} seconds"),
+        _ if minutes == 1 => "About a minute".to_string(),
+        _ if minutes < 60 => format!("{minutes} minutes"),
+        _ if hours == 1 => "About an hour".to_string(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", secs / 3600 / 24 / 365),
+    };
+    format!("{span} ago")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ages_read_like_docker_images() {
+        let cases = [
+            (0, "Less than a second ago"),
+            (1, "1 second ago"),
+            (59, "59 seconds ago"),
+            (60, "About a minute ago"),
+            (3 * 60 + 5, "3 minutes ago"),
+            (3599, "59 minutes ago"),
+            (3600, "About an hour ago"),
+            (5 * 3600, "5 hours ago"),
+            (3 * 86_400, "3 days ago"),
+            (20 * 86_400, "2 weeks ago"),
+            (90 * 86_400, "3 months ago"),
+            (3 * 365 * 86_400, "3 years ago"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(super::ago(secs), want, "{secs} s");
+        }
+    }
+
     #[test]
     fn human_units() {
         assert_eq!(super::human(999), "999 B");

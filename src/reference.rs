@@ -65,14 +65,19 @@ impl Reference {
     /// Docker's familiar form, without `docker.io/` and `library/`: `nginx:latest`, `me/app:1`,
     /// `127.0.0.1:5000/ns/app:1`.
     pub fn familiar_name(&self) -> String {
+        format!("{}{}", self.familiar_repository(), self.suffix())
+    }
+
+    /// The repository in Docker's familiar form, without tag or digest: `nginx`, `me/app`,
+    /// `127.0.0.1:5000/ns/app`.
+    pub fn familiar_repository(&self) -> String {
         if self.registry != DOCKER_HUB {
-            return self.full_name();
+            return self.repo_name();
         }
-        let path = match self.repository.strip_prefix("library/") {
-            Some(official) if !official.contains('/') => official,
-            _ => &self.repository,
-        };
-        format!("{path}{}", self.suffix())
+        match self.repository.strip_prefix("library/") {
+            Some(official) if !official.contains('/') => official.to_string(),
+            _ => self.repository.clone(),
+        }
     }
 
     /// `registry/repository`, without tag or digest.

@@ -77,7 +77,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         (file.clone(), Box::new(TarSink::create(file)?))
     } else {
         let store = store_dir()?;
-        (store.clone(), Box::new(LayoutSink::create(&store)?))
+        (store.clone(), Box::new(LayoutSink::store(&store)?))
     };
     // A tar is written whole each time: the layer cache cannot skip anything there.
     let cache = if args.tar.is_some() { None } else { cache };

@@ -22,6 +22,7 @@ pub mod help;
 mod inspect;
 mod login;
 mod push;
+mod store;
 mod trust;
 
 /// Build a directory into an OCI image and push it to a registry, with no container runtime.
@@ -42,6 +43,9 @@ pub enum Command {
     Catalog(CatalogArgs),
     Tags(TagsArgs),
     Inspect(InspectArgs),
+    Images(ImagesArgs),
+    Rm(RmArgs),
+    Prune(PruneArgs),
     Credential(CredentialArgs),
     Trust(TrustArgs),
     Version(VersionArgs),
@@ -395,6 +399,49 @@ pub struct TrustArgs {
     #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
     pub format: String,
     /// no notes on stderr
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+}
+
+/// List the images in the local store: name, tag, digest, age and size.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "images")]
+#[argh(example = "{command_name}")]
+#[argh(example = "{command_name} --format json")]
+pub struct ImagesArgs {
+    /// output format: text (default) or json (size: the manifest's or index's; total_size: every blob once)
+    #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
+    pub format: String,
+    /// print only NAME:TAG, one per line
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Remove images from the local store by name (their blobs stay until `prune`).
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "rm")]
+#[argh(example = "{command_name} site:1 site:2")]
+pub struct RmArgs {
+    /// the images, NAME[:TAG] (default tag: latest)
+    #[argh(positional)]
+    pub names: Vec<String>,
+    /// output format: text (default) or json
+    #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
+    pub format: String,
+    /// print nothing on success
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Delete the blobs no image in the local store uses, and temp files left by interrupted runs.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "prune")]
+#[argh(example = "{command_name}                       # after rm: frees the space")]
+pub struct PruneArgs {
+    /// output format: text (default) or json
+    #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
+    pub format: String,
+    /// no notes on stderr (such as waiting for a build into the store)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
 }
@@ -864,6 +911,9 @@ pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
             args.set_docker_config(docker_config);
             inspect::inspect(args)
         }
+        Command::Images(args) => store::images(args),
+        Command::Rm(args) => store::rm(args),
+        Command::Prune(args) => store::prune(args),
         Command::Credential(args) => credential::run(&args.action),
         Command::Trust(args) => trust::run(args),
         Command::Version(_) => {

@@ -203,22 +203,20 @@ fn source(args: &PushArgs, targets: &[super::PlatformTarget]) -> Result<(Source,
              its base",
         ));
     }
-    let (layout, name) = match &args.oci_layout {
-        Some(dir) => (Layout::open(dir)?, args.image.clone()),
+    let (layout, name, desc) = match &args.oci_layout {
+        Some(dir) => {
+            let layout = Layout::open(dir)?;
+            let desc = layout.find(args.image.as_deref())?;
+            (layout, args.image.clone(), desc)
+        }
         None => {
             let store = store_dir()?;
-            let layout = Layout::open(&store).map_err(|_| {
-                Error::usage(format!(
-                    "nothing to push: give a CONTEXT directory, or --oci-layout DIR (the local store {} is empty)",
-                    store.display()
-                ))
-            })?;
             // `docker push NAME` semantics: the image named like the target, unless --image says otherwise.
             let name = args.image.clone().or_else(|| args.tag.first().cloned());
-            (layout, name)
+            let desc = crate::store::Store::new(&store).find(name.as_deref())?;
+            (Layout::open(&store)?, name, desc)
         }
     };
-    let desc = layout.find(name.as_deref())?;
     let stored_name = desc.annotations.get(crate::image::ANNOTATION_CONTAINERD_NAME).cloned();
     Ok((Source::Layout { layout, name }, stored_name))
 }
