@@ -476,7 +476,61 @@ pub fn parse_command(flag: &str, s: &str) -> Result<Vec<String>> {
             Error::usage(format!("invalid {flag} {s:?}: not a JSON array of strings ({e}); e.g. '[\"/app\", \"-v\"]'"))
         });
     }
+    // A plain string is split on whitespace only: quotes, escapes and shell operators would reach the
+    // program as literal characters, which is never what was meant. Say so, with the JSON form to use.
+    if t.contains(['"', '\'', '\\']) || t.contains(['$', '`', '|', '&', ';', '<', '>']) {
+        let suggestion = match shell_words(t) {
+            Some(words) if !t.contains(['$', '`', '|', '&', ';', '<', '>']) => words,
+            _ => vec!["/bin/sh".to_string(), "-c".to_string(), t.to_string()],
+        };
+        let json = serde_json::to_string(&suggestion).unwrap_or_default().replace("\",\"", "\", \"");
+        return Err(Error::usage(format!(
+            "invalid {flag} {s:?}: a plain string is split on whitespace, so quotes and shell syntax would reach the \
+             program as they are; give a JSON array instead, e.g. {flag} '{json}'"
+        )));
+    }
     Ok(t.split_whitespace().map(str::to_string).collect())
+}
+
+/// `s` split as a POSIX shell splits words (quotes and backslashes, no expansion); None if a quote is open.
+fn shell_words(s: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => w.push(c),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => w.push(chars.next()?),
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Some(words)
+}
+
+/// Whether a `--user` value names a user or group (not only numeric ids), which a runtime resolves through
+/// the image's `/etc/passwd` and `/etc/group`.
+pub fn user_needs_passwd(user: &str) -> bool {
+    user.split(':').any(|part| !part.is_empty() && !part.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Parses `K=V` for `--env`, `--label`, `--annotation`.

@@ -129,14 +129,14 @@ impl Context {
     pub fn open(root: &Path) -> Result<Context> {
         let meta = fs::metadata(root).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Context(format!(
-                "build context {} does not exist (give the directory to build, e.g. `docker-idpb build ./app`)",
+                "context directory {} does not exist (give the directory that holds the image's files, e.g. ./app)",
                 root.display()
             )),
             _ => Error::io(root, "read build context", e),
         })?;
         if !meta.is_dir() {
             return Err(Error::Context(format!(
-                "build context {} is not a directory (give the directory that holds the files)",
+                "context {} is not a directory (give the directory that holds the image's files)",
                 root.display()
             )));
         }

@@ -711,6 +711,9 @@ fn login_writes_auths_at_0600_and_logout_removes_them() {
     let output = login(&dir, &host, USER, WRONG_PASSWORD);
     output.assert_code(1);
     assert!(output.stderr.contains(&host), "{output}");
+    // In the words of a login: the user name or password was refused (not "run docker login").
+    assert!(output.stderr.contains("refused the user name or password"), "{output}");
+    assert!(!output.stderr.contains("docker login") && !output.stderr.contains("-u USER"), "{output}");
     assert_no_secret(&output, &[WRONG_PASSWORD, PASSWORD, &base64(format!("{USER}:{WRONG_PASSWORD}").as_bytes())]);
     assert_eq!(fs::read(&config).unwrap_or_default(), before, "config.json untouched");
     let fresh = tmp.subdir("fresh");

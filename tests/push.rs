@@ -398,10 +398,17 @@ fn credentials_from_idpb_variables_and_docker_auth_config() {
     assert_eq!(pushed_digest(&cmd.run(), &target), digest);
 }
 
-/// Asserts the wrong-password failure: exit 1, one line that names `docker login`, no secret anywhere.
+/// Asserts the wrong-password failure: exit 1, one line naming the host and the fix that fits where the
+/// credentials came from (`docker login` for stored ones; for `-u`/`--password-stdin`, that the user name or
+/// password was refused, without telling the user to pass the flags just passed), no secret anywhere.
 #[track_caller]
 fn assert_refused_without_leaking(output: &Output, host: &str) {
-    assert_clean_error(output, 1, &["docker login", host]);
+    if output.command.contains("--password-stdin") {
+        assert_clean_error(output, 1, &["refused the user name or password", "to push to ns/creds", host]);
+        assert!(!output.stderr.contains("-u USER") && !output.stderr.contains("docker login"), "{output}");
+    } else {
+        assert_clean_error(output, 1, &["docker login", "to push to ns/creds", host]);
+    }
     assert_no_secret(output, &[WRONG_PASSWORD, PASSWORD, &base64(format!("{USER}:{WRONG_PASSWORD}").as_bytes())]);
 }
 

@@ -419,7 +419,7 @@ fn post_always_503_fails_within_the_bound_naming_operation_status_and_attempts()
     let pushed = push(&proxy.host(), context.path(), &["--retries", "2", "--timeout", "5s"]);
     let log = proxy.log();
     assert!(pushed.elapsed < Duration::from_secs(30), "gave up after {:?}:\n{log}", pushed.elapsed);
-    assert_one_line_error(&pushed.output, &["start blob upload", "POST", "503", "UNAVAILABLE", "3 attempts"], &log);
+    assert_one_line_error(&pushed.output, &["starting an upload", "POST", "503", "UNAVAILABLE", "3 attempts"], &log);
     assert_eq!(proxy.count("POST", UPLOADS), 3, "one try and two retries:\n{log}");
     assert_eq!(proxy.count("PUT", MANIFESTS), 0, "{log}");
     eprintln!("POST always 503: gave up in {:.1?}: {}", pushed.elapsed, pushed.output.stderr.trim());
@@ -431,7 +431,7 @@ fn retry_after_longer_than_the_timeout_does_not_stretch_it() {
     let (_registry, context, proxy) = rigged(34, MIB, Rule::every("POST", UPLOADS, busy));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "2", "--timeout", "5s"]);
     let log = proxy.log();
-    assert_one_line_error(&pushed.output, &["start blob upload", "503"], &log);
+    assert_one_line_error(&pushed.output, &["starting an upload", "503"], &log);
     assert!(pushed.elapsed < Duration::from_secs(15), "--timeout 5s, gave up after {:?}:\n{log}", pushed.elapsed);
 }
 
@@ -455,7 +455,7 @@ fn forbidden_post_fails_at_once_after_one_attempt() {
     let (_registry, context, proxy) = rigged(32, MIB, Rule::every("POST", UPLOADS, denied));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "5"]);
     let log = proxy.log();
-    assert_one_line_error(&pushed.output, &["start blob upload", "403", "DENIED"], &log);
+    assert_one_line_error(&pushed.output, &["starting an upload", "403", "DENIED"], &log);
     assert_eq!(proxy.count("POST", UPLOADS), 1, "a 403 is not retried:\n{log}");
     assert!(pushed.elapsed < Duration::from_secs(10), "took {:?}", pushed.elapsed);
 }
@@ -466,7 +466,7 @@ fn bad_request_on_the_manifest_put_fails_at_once_after_one_attempt() {
     let (registry, context, proxy) = rigged(33, MIB, Rule::every("PUT", MANIFESTS, invalid));
     let pushed = push(&proxy.host(), context.path(), &["--retries", "5"]);
     let log = proxy.log();
-    assert_one_line_error(&pushed.output, &["push manifest", "400", "MANIFEST_INVALID"], &log);
+    assert_one_line_error(&pushed.output, &["pushing the manifest", "400", "MANIFEST_INVALID"], &log);
     assert_eq!(proxy.count("PUT", MANIFESTS), 1, "a 400 is not retried:\n{log}");
     assert!(tag_list(&registry, "ns/x").is_empty(), "no tag after a refused manifest");
     assert!(pushed.elapsed < Duration::from_secs(10), "took {:?}", pushed.elapsed);

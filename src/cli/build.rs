@@ -45,7 +45,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let context = Context::open(&context_dir)?;
     if args.list {
-        return list(&context, &split);
+        return list(&context, &split, &layer.prefix);
     }
     let mut progress = Progress::new(args.quiet);
     let lookup = args.credential_lookup()?;
@@ -65,6 +65,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     for (platform, _) in &list {
         bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
     }
+    super::warn_unresolvable_user(&plan, bases.iter().all(Option::is_none), &mut progress);
     if !multi && let Some((p, _)) = list.first() {
         plan.image.platform = Some(p.clone());
     }
@@ -184,7 +185,8 @@ pub(super) fn default_base_name(context: &Path) -> String {
 }
 
 /// Prints the paths in layer order; with `--layer`, each layer's paths under a `# layer N: WHAT` line.
-fn list(context: &Context, split: &crate::walk::Split) -> Result<()> {
+/// The paths as they land in the image (under `--prefix`), each under its layer (`--layer`).
+fn list(context: &Context, split: &crate::walk::Split, prefix: &str) -> Result<()> {
     use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -196,7 +198,8 @@ fn list(context: &Context, split: &crate::walk::Split) -> Result<()> {
         }
         let mut visit = |entry: crate::walk::Entry| -> Result<()> {
             // Names are printed escaped (as `ls -b` does): a name cannot forge a line or drive the terminal.
-            let name = crate::progress::escaped(&entry.rel);
+            let rel = if prefix.is_empty() { entry.rel.clone() } else { format!("{prefix}/{}", entry.rel) };
+            let name = crate::progress::escaped(&rel);
             let line = match entry.kind {
                 Kind::Dir => format!("{name}/"),
                 _ => name,

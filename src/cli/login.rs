@@ -24,10 +24,10 @@ pub fn login(args: LoginArgs) -> Result<()> {
     // Like docker login: check the credentials before saving them.
     let credential = Credential {
         secret: Secret::Basic { username: username.clone(), password: password.clone() },
-        source: "--password-stdin".into(),
+        source: crate::credentials::FLAGS_SOURCE.into(),
     };
     let mut registry = Registry::connect(&host, Some(credential), &connect, &mut progress)?;
-    let req = Request::new("GET", "/v2/", "log in");
+    let req = Request::new("GET", "/v2/", "logging in");
     let resp = registry.send(&req)?;
     if !resp.ok() {
         return Err(registry.status_error(&req, &resp));

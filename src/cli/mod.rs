@@ -262,7 +262,7 @@ with_image_flags! {
     #[argh(example = "{command_name} --image site:1 -t HOST/team/site:1    # an image built earlier")]
     #[argh(example = "echo \"$TOKEN\" | {command_name} ./site -t ghcr.io/me/site -u me --password-stdin")]
     pub struct PushArgs {
-        /// the directory to push (default: an image from --oci-layout or the local store)
+        /// the directory to push (default: the current directory, unless --oci-layout or --image names an image)
         #[argh(positional)]
         pub context: Option<PathBuf>,
         /// target HOST/OWNER/IMAGE[:TAG] (repeatable; default: gitea.cnoe.localtest.me:8443/giteaadmin/DIR:latest,
@@ -763,6 +763,33 @@ pub(crate) fn resolve_base<A: ImageFlags + RegistryFlags>(
     }
     let cache = store_dir().ok().map(|d| d.join("cache"));
     crate::base::resolve(base, platform, cache.as_deref(), base_opener(args, lookup, quiet)?)
+}
+
+/// Warns when `--user` names a user on an image with no base and no `/etc/passwd` in the context: a runtime
+/// cannot resolve the name and the container will not start.
+pub(crate) fn warn_unresolvable_user(
+    plan: &crate::pipeline::Plan,
+    scratch: bool,
+    progress: &mut crate::progress::Progress,
+) {
+    let Some(user) = plan.image.user.as_deref() else { return };
+    if !scratch || !crate::image::user_needs_passwd(user) {
+        return;
+    }
+    let prefix = plan.layer.prefix.as_str();
+    let in_context = if prefix.is_empty() {
+        Some("etc/passwd")
+    } else {
+        "etc/passwd".strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
+    };
+    if in_context.is_some_and(|p| plan.context.root().join(p).is_file()) {
+        return;
+    }
+    progress.warn(&format!(
+        "--user {}: the image has no /etc/passwd (no --base, none in the context), so a runtime cannot resolve \
+         that name; use numeric ids such as 65534:65534, or build on a --base that has the user",
+        crate::progress::escaped(user)
+    ));
 }
 
 /// Connects to a base's registry when first needed, with the command's credentials and TLS options.

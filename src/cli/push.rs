@@ -79,6 +79,9 @@ pub fn run(args: PushArgs) -> Result<()> {
     for (platform, _) in &list {
         bases.push(super::resolve_base(&args, &base_ref, platform, args.quiet, &lookup)?);
     }
+    if let Source::Context(plan) = &source {
+        super::warn_unresolvable_user(plan, bases.iter().all(Option::is_none), &mut progress);
+    }
     let cache = args.layer_cache()?;
     if let Some(cache) = &cache {
         for sink in &mut sinks {
@@ -185,7 +188,9 @@ fn source(args: &PushArgs, targets: &[super::PlatformTarget]) -> Result<(Source,
     };
     // With a directory per platform and no CONTEXT, the first platform's directory names the image.
     let per_platform = targets.iter().find_map(|t| t.context.clone());
-    let nominal = single_dir.or_else(|| args.context.clone()).or(per_platform);
+    // No CONTEXT, --oci-layout or --image: the current directory, as `build` (and `docker build .`) does.
+    let current = (args.oci_layout.is_none() && args.image.is_none()).then(|| std::path::PathBuf::from("."));
+    let nominal = single_dir.or_else(|| args.context.clone()).or(per_platform).or(current);
     if let Some(dir) = nominal.as_ref() {
         if args.oci_layout.is_some() || args.image.is_some() {
             return Err(Error::usage("give either a CONTEXT directory or --oci-layout/--image, not both"));
@@ -211,8 +216,7 @@ fn source(args: &PushArgs, targets: &[super::PlatformTarget]) -> Result<(Source,
         }
         None => {
             let store = store_dir()?;
-            // `docker push NAME` semantics: the image named like the target, unless --image says otherwise.
-            let name = args.image.clone().or_else(|| args.tag.first().cloned());
+            let name = args.image.clone();
             let desc = crate::store::Store::new(&store).find(name.as_deref())?;
             (Layout::open(&store)?, name, desc)
         }

@@ -39,6 +39,16 @@ pub enum Access {
 }
 
 impl Access {
+    /// What the access is for, in the user's words (` to push to team/app`), empty outside any scope.
+    pub fn purpose(&self) -> String {
+        match self {
+            Access::None => String::new(),
+            Access::Catalog => " to list its repositories".to_string(),
+            Access::Pull(repo) => format!(" to pull {repo}"),
+            Access::Push(repo) | Access::Mount { repo, .. } => format!(" to push to {repo}"),
+        }
+    }
+
     /// The token scopes this access needs.
     pub fn scopes(&self) -> Vec<String> {
         match self {
@@ -239,7 +249,7 @@ impl Authorizer {
             let result = ctx
                 .exchange
                 .run(call, retrier.deadline(), &mut authorize)
-                .map_err(|f| super::failure_error(&realm_host, "token request", method, url.path(), f));
+                .map_err(|f| super::failure_error(&realm_host, "asking for a token", method, url.path(), f));
             let step = match &result {
                 Ok(a) if transient_status(a.status) => Some((
                     format!("the token server {realm_host} answered {}", a.status),
@@ -255,7 +265,7 @@ impl Authorizer {
         };
         let answer = result.map_err(|e| e.with_attempts(retrier.attempt()))?;
         if answer.status == 401 || answer.status == 403 {
-            return Err(self.refused("token request", &super::registry_error_detail(&answer.body)));
+            return Err(self.refused(&scopes_purpose(scopes), &super::registry_error_detail(&answer.body)));
         }
         if !(200..300).contains(&answer.status) {
             return Err(Error::Auth(format!(
@@ -274,22 +284,44 @@ impl Authorizer {
             .ok_or_else(|| Error::Auth(format!("token server {realm_host} sent no token in its answer")))
     }
 
-    /// The error for credentials the registry (or its token server) refused, or that are missing.
-    pub fn refused(&self, what: &str, detail: &str) -> Error {
+    /// The error for credentials the registry (or its token server) refused, or that are missing;
+    /// `purpose` is [`Access::purpose`]. The hint fits where the credentials came from: a user who just
+    /// gave `-u` and `--password-stdin` is told to check those, not to pass them.
+    pub fn refused(&self, purpose: &str, detail: &str) -> Error {
         let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
         let host = &self.host;
         match &self.credential {
+            Some(c) if c.source == crate::credentials::FLAGS_SOURCE => Error::Auth(format!(
+                "{host} refused the user name or password{purpose}{detail}; check them (a token also needs the \
+                 scopes to read and write packages)"
+            )),
             Some(c) => Error::Auth(format!(
-                "{host} refused the credentials from {} for {what}{detail}; check them with `docker login {host}` \
-                 or pass -u USER --password-stdin",
+                "{host} refused the credentials from {}{purpose}{detail}; log in again with `docker login {host}`, \
+                 or give others with -u USER --password-stdin",
                 c.source
             )),
             None => Error::Auth(format!(
-                "{host} requires authentication for {what}{detail} and no credentials were found; run `docker login \
-                 {host}` or pass -u USER --password-stdin"
+                "{host} requires a login{purpose}{detail} and no credentials were found; run `docker login {host}`, \
+                 or pass -u USER --password-stdin"
             )),
         }
     }
+}
+
+/// [`Access::purpose`] read back from token scopes (`repository:team/app:pull,push`).
+fn scopes_purpose(scopes: &[String]) -> String {
+    let access = scopes.iter().find_map(|s| {
+        let mut parts = s.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("repository"), Some(repo), Some(actions)) if actions.contains("push") => {
+                Some(Access::Push(repo.to_string()))
+            }
+            (Some("repository"), Some(repo), Some(_)) => Some(Access::Pull(repo.to_string())),
+            (Some("registry"), Some("catalog"), _) => Some(Access::Catalog),
+            _ => None,
+        }
+    });
+    access.unwrap_or(Access::None).purpose()
 }
 
 /// What a token request borrows from the request that needs it: the exchange, the retry policy, the

@@ -473,6 +473,13 @@ impl Registry {
                 // A name that does not resolve will not resolve for another scheme either.
                 Err(e @ Error::Registry(_)) if !e.is_transient() && is_dns(&e) => return Err(e),
                 Err(e @ (Error::Cancelled | Error::Usage(_))) => return Err(e),
+                // A plain-HTTP request to a TLS port fails in many ways (a 400, a reset, garbage): ask the port.
+                Err(_) if transport == Transport::Http && crate::tls::diagnose::speaks_tls(host) => {
+                    return Err(Error::usage(format!(
+                        "{host} speaks TLS on this port, but --plain-http asks for plain HTTP; drop --plain-http (and \
+                         add --insecure if its certificate cannot be verified)"
+                    )));
+                }
                 // Verified HTTPS falls back only from a server that does not speak TLS at all.
                 Err(e) if transport == Transport::HttpsOrHttp && !is_plain_http(&e) => return Err(e),
                 Err(e) => last_err = Some(e),
@@ -518,12 +525,21 @@ impl Registry {
             let result = self
                 .exchange
                 .run(call, exchange_deadline, &mut |_| None)
-                .map_err(|f| failure_error(&self.host, "registry ping", "GET", url.path(), f));
+                .map_err(|f| failure_error(&self.host, "contacting the registry", "GET", url.path(), f));
             let step = match &result {
                 Ok(a) if transient_status(a.status) => {
                     Some((format!("{} answered {}", self.host, a.status), retry_after(&a.headers)))
                 }
-                Err(e) if e.is_transient() && last_scheme => Some((e.to_string(), None)),
+                // Plain HTTP to a TLS port is not a flaky network: no retries (connect says what it is).
+                Err(e)
+                    if e.is_transient()
+                        && last_scheme
+                        && !(!url.is_https()
+                            && retrier.attempt() == 1
+                            && crate::tls::diagnose::speaks_tls(&self.host)) =>
+                {
+                    Some((e.to_string(), None))
+                }
                 _ => None,
             };
             let Some((reason, after)) = step else { break result };
@@ -557,7 +573,7 @@ impl Registry {
                 self.host
             ))),
             _ => {
-                let req = Request::new("GET", "/v2/", "registry ping");
+                let req = Request::new("GET", "/v2/", "contacting the registry");
                 Err(self.status_error(&req, &Response::from_answer(answer, retrier.attempt())))
             }
         }
@@ -620,7 +636,7 @@ impl Registry {
                     let sent_basic = auth.as_deref().is_some_and(|h| h.starts_with("Basic "));
                     let (understood, extra) = self.auth.learn(&a.headers);
                     if !understood || !self.auth.can_answer(sent_basic) {
-                        return Err(self.auth.refused(req.what, &registry_error_detail(&a.body)));
+                        return Err(self.auth.refused(&req.access.purpose(), &registry_error_detail(&a.body)));
                     }
                     for s in extra {
                         if !scopes.contains(&s) {
@@ -636,7 +652,7 @@ impl Registry {
                     self.auth.header(&scopes, true, &mut ctx)?;
                 }
                 Ok(a) if a.status == 401 => {
-                    return Err(self.auth.refused(req.what, &registry_error_detail(&a.body)));
+                    return Err(self.auth.refused(&req.access.purpose(), &registry_error_detail(&a.body)));
                 }
                 Ok(a) if transient_status(a.status) && req.retry == RetryMode::Policy => {
                     let reason = format!("{} answered {} to {}", self.host, a.status, req.what);
@@ -678,7 +694,7 @@ impl Registry {
         };
         let answer = self.exchange_once(req, &url, Body::Stream(body, closer, len), deadline, auth)?;
         if answer.status == 401 {
-            return Err(self.auth.refused(req.what, &registry_error_detail(&answer.body)));
+            return Err(self.auth.refused(&req.access.purpose(), &registry_error_detail(&answer.body)));
         }
         Ok(Response::from_answer(answer, 1))
     }

@@ -75,8 +75,9 @@ impl Registry {
 
     /// A blob's bytes (configs: small, at most 4 MiB), checked against its digest.
     pub fn get_blob(&mut self, repo: &str, digest: &Digest) -> Result<Vec<u8>> {
-        let req =
-            Request::new("GET", format!("/v2/{repo}/blobs/{digest}"), "read blob").pull(repo).limit(MANIFEST_LIMIT);
+        let req = Request::new("GET", format!("/v2/{repo}/blobs/{digest}"), "reading a blob")
+            .pull(repo)
+            .limit(MANIFEST_LIMIT);
         let resp = self.send(&req)?;
         if resp.status != 200 {
             return Err(self.status_error(&req, &resp));

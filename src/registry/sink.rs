@@ -408,7 +408,7 @@ impl Registry {
     /// HEAD a blob: whether `repo` has it (asked with push access: the sink writes there anyway, and one
     /// token then serves every request).
     pub fn blob_exists(&mut self, repo: &str, digest: &Digest) -> Result<bool> {
-        let req = Request::new("HEAD", format!("/v2/{repo}/blobs/{digest}"), "check blob").push(repo);
+        let req = Request::new("HEAD", format!("/v2/{repo}/blobs/{digest}"), "checking for a blob").push(repo);
         let resp = self.send(&req)?;
         match resp.status {
             200..=299 => Ok(true),
@@ -421,7 +421,7 @@ impl Registry {
     /// even with `pull` on the source asked for).
     pub fn mount(&mut self, repo: &str, from: &str, digest: &Digest) -> Result<bool> {
         let url = format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}");
-        let req = Request::new("POST", url, "mount blob")
+        let req = Request::new("POST", url, "mounting a blob")
             .access(Access::Mount { repo: repo.to_string(), from: from.to_string() })
             .header("Content-Length", "0");
         let resp = match self.send(&req) {
@@ -445,7 +445,7 @@ impl Registry {
 
     /// A blob's bytes as a stream (GET, redirects to storage hosts followed without Authorization).
     pub fn open_blob(&mut self, repo: &str, digest: &Digest) -> Result<super::conduit::Reader> {
-        let req = Request::new("GET", format!("/v2/{repo}/blobs/{digest}"), "read blob").pull(repo).streamed();
+        let req = Request::new("GET", format!("/v2/{repo}/blobs/{digest}"), "reading a blob").pull(repo).streamed();
         let resp = self.send(&req)?;
         match (resp.status, resp.stream) {
             (200, Some(stream)) => Ok(stream),
@@ -458,7 +458,7 @@ impl Registry {
 
     /// PUT a manifest under `tag`; checks the registry's digest against ours.
     pub fn put_manifest(&mut self, repo: &str, tag: &str, manifest: &ManifestBlob) -> Result<Digest> {
-        let req = Request::new("PUT", format!("/v2/{repo}/manifests/{tag}"), "push manifest")
+        let req = Request::new("PUT", format!("/v2/{repo}/manifests/{tag}"), "pushing the manifest")
             .push(repo)
             .header("Content-Type", manifest.media_type.to_string())
             .body(&manifest.bytes);
@@ -481,7 +481,7 @@ impl Registry {
 
     /// GET a manifest (any media type, at most [`MANIFEST_LIMIT`]); returns bytes and content type.
     pub fn get_manifest(&mut self, repo: &str, reference: &str) -> Result<(Vec<u8>, String)> {
-        let req = Request::new("GET", format!("/v2/{repo}/manifests/{reference}"), "read manifest")
+        let req = Request::new("GET", format!("/v2/{repo}/manifests/{reference}"), "reading the manifest")
             .pull(repo)
             .header("Accept", MANIFEST_ACCEPT)
             .limit(MANIFEST_LIMIT);

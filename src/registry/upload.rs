@@ -51,7 +51,7 @@ pub struct Upload<'r> {
 
 /// Opens an upload session in `repo`; returns its Location and the POST's answer.
 fn open_session(reg: &mut Registry, repo: &str, within: Option<std::time::Instant>) -> Result<(String, Response)> {
-    let mut req = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "start blob upload")
+    let mut req = Request::new("POST", format!("/v2/{repo}/blobs/uploads/"), "starting an upload")
         .push(repo)
         .header("Content-Length", "0");
     req.within = within;
@@ -134,7 +134,7 @@ impl<'r> Upload<'r> {
         while start < data.len() {
             let n = (data.len() - start).min(self.chunk_size());
             let end = self.acked + n as u64 - 1;
-            let req = Request::new("PATCH", self.location.clone(), "upload blob chunk")
+            let req = Request::new("PATCH", self.location.clone(), "uploading a chunk")
                 .push(&self.repo)
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", format!("{}-{end}", self.acked))
@@ -208,7 +208,7 @@ impl<'r> Upload<'r> {
     /// Asks the session how many bytes it has; returns how many of the `pending` unacknowledged bytes it
     /// already stored (to be skipped).
     fn resync(&mut self, pending: usize, within: std::time::Instant) -> Result<usize> {
-        let req = Request::new("GET", self.location.clone(), "check upload status").push(&self.repo).within(within);
+        let req = Request::new("GET", self.location.clone(), "checking an upload").push(&self.repo).within(within);
         let resp = self.reg.send(&req)?;
         if resp.status == 404 {
             return Err(lost(&resp));
@@ -243,7 +243,7 @@ impl<'r> Upload<'r> {
             return Err(Error::protocol(format!("upload of {digest} sent {} bytes, expected {size}", self.acked)));
         }
         let url = self.reg.resolve(&self.location)?.with_query("digest", digest.as_str());
-        let req = Request::new("PUT", url.to_string(), "finish blob upload")
+        let req = Request::new("PUT", url.to_string(), "finishing an upload")
             .push(&self.repo)
             .header("Content-Length", "0")
             .header("Content-Type", "application/octet-stream");
@@ -295,7 +295,7 @@ pub fn put_whole(
     reader: Box<dyn io::Read + Send>,
 ) -> Result<Whole> {
     let (location, _) = open_session(reg, repo, None)?;
-    let req = Request::new("PATCH", location.clone(), "upload blob")
+    let req = Request::new("PATCH", location.clone(), "uploading a blob")
         .push(repo)
         .header("Content-Type", "application/octet-stream")
         .header("Content-Range", format!("0-{}", size.saturating_sub(1)));
@@ -321,7 +321,7 @@ pub fn put_whole(
         (Ok(resp), Ok(())) if matches!(resp.status, 202 | 201 | 204) => {
             let location = next_location(reg, &location, resp)?;
             let url = reg.resolve(&location)?.with_query("digest", digest.as_str());
-            let close = Request::new("PUT", url.to_string(), "finish blob upload")
+            let close = Request::new("PUT", url.to_string(), "finishing an upload")
                 .push(repo)
                 .header("Content-Length", "0")
                 .header("Content-Type", "application/octet-stream");
@@ -357,7 +357,7 @@ pub fn put_monolithic(
     loop {
         let (location, _) = open_session(reg, repo, Some(retrier.deadline()))?;
         let url = reg.resolve(&location)?.with_query("digest", digest.as_str());
-        let req = Request::new("PUT", url.to_string(), "upload blob in one request")
+        let req = Request::new("PUT", url.to_string(), "uploading a blob")
             .push(repo)
             .header("Content-Type", "application/octet-stream")
             .within(retrier.deadline());

@@ -199,6 +199,12 @@ fn words(s: &str) -> String {
     crate::progress::escaped(out.trim())
 }
 
+/// Whether `host` answers a TLS handshake (it presented a certificate): to tell a user who asked for plain
+/// HTTP that the port speaks TLS.
+pub fn speaks_tls(host: &str) -> bool {
+    peer_chain(host).is_some()
+}
+
 /// The certificates `host` presents, leaf first, read by a handshake that stops after the server's
 /// Certificate message. None when the server cannot be reached or presents nothing readable.
 fn peer_chain(host: &str) -> Option<Vec<CertInfo>> {
