@@ -810,11 +810,11 @@ fn push_by_name_from_the_local_store() {
     let store = tmp.subdir("idpb-home");
     let full = registry.reference("ns/stored:1");
 
-    // `docker push NAME`: the image built under the target's own name.
+    // `--image NAME`: the image built under the target's own name.
     let mut build = IdpbCommand::new();
     build.arg("build").arg(&context).args(["-t", &full]).env("IDPB_HOME", &store);
     build.run().assert_success();
-    let mut cmd = push_command(["-t", &full]);
+    let mut cmd = push_command(["--image", &full, "-t", &full]);
     cmd.env("IDPB_HOME", &store);
     let digest = pushed_digest(&cmd.run(), &full);
     assert_eq!(stored_digest(&registry, "ns/stored", "1").as_deref(), Some(digest.as_str()));
@@ -830,7 +830,7 @@ fn push_by_name_from_the_local_store() {
     assert_pulls_as(&registry, "ns/promoted:2", &context, &[], &tmp);
 
     // An empty store: the error says what to give instead.
-    let output = push(["-t", &registry.reference("ns/none:1"), "-q"]);
+    let output = push(["--image", "none:1", "-t", &registry.reference("ns/none:1"), "-q"]);
     assert_clean_error(&output, 2, &["CONTEXT", "--oci-layout"]);
 }
 
