@@ -484,6 +484,8 @@ pub fn parse_command(flag: &str, s: &str) -> Result<Vec<String>> {
             _ => vec!["/bin/sh".to_string(), "-c".to_string(), t.to_string()],
         };
         let json = serde_json::to_string(&suggestion).unwrap_or_default().replace("\",\"", "\", \"");
+        // Shown in single quotes, to paste into a shell: a quote inside is closed, escaped and reopened.
+        let json = json.replace('\'', "'\\''");
         return Err(Error::usage(format!(
             "invalid {flag} {s:?}: a plain string is split on whitespace, so quotes and shell syntax would reach the \
              program as they are; give a JSON array instead, e.g. {flag} '{json}'"
@@ -652,6 +654,8 @@ mod tests {
         assert_eq!(parse_command("--cmd", r#"["/bin/app", "a b"]"#).unwrap(), vec!["/bin/app", "a b"]);
         assert_eq!(parse_command("--cmd", "/bin/app  -v").unwrap(), vec!["/bin/app", "-v"]);
         assert!(parse_command("--cmd", "[1,2]").is_err());
+        let err = parse_command("--cmd", "echo it's").unwrap_err().to_string();
+        assert!(err.ends_with(r#"e.g. --cmd '["/bin/sh", "-c", "echo it'\''s"]'"#), "{err}");
         assert_eq!(parse_key_value("--env", "A=b=c").unwrap(), ("A".into(), "b=c".into()));
         assert!(parse_key_value("--env", "=x").is_err());
         assert!(parse_key_value("--env", "noequals").is_err());

@@ -33,8 +33,9 @@ fn main() {
     let inv = idpb::cli::argv::normalize(&argv);
     if let [command, action] = inv.args.as_slice()
         && command == "credential"
+        && !matches!(action.as_str(), "-h" | "--help")
     {
-        // The helper protocol as a subcommand: errors on stdout, exit 1.
+        // The helper protocol as a subcommand: errors on stdout, exit 1. `-h` is help, as for every command.
         if let Err(e) = idpb::cli::credential_helper(action) {
             println!("{e}");
             std::process::exit(1);

@@ -53,28 +53,6 @@ fn make_big_context(dir: &Path) {
     write_file(&dir.join("big.bin"), &pseudo_random_bytes(0xb16, 60 * 1024 * 1024));
 }
 
-/// Copies the binary under test into `config_dir/cli-plugins/docker-idpb` (mode 0755), as `make install`.
-fn install_plugin(config_dir: &Path) -> PathBuf {
-    let plugin = config_dir.join("cli-plugins/docker-idpb");
-    if let Some(dir) = plugin.parent() {
-        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    }
-    fs::copy(bin(), &plugin).unwrap_or_else(|e| panic!("cannot copy the plugin to {}: {e}", plugin.display()));
-    fs::set_permissions(&plugin, fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", plugin.display()));
-    plugin
-}
-
-/// The real docker client, isolated (temp `HOME` and `DOCKER_CONFIG`), with the plugin installed in its
-/// `DOCKER_CONFIG`.
-fn docker_cli() -> IdpbCommand {
-    let mut cmd = IdpbCommand::for_program(require_tool("docker"));
-    install_plugin(&cmd.docker_config());
-    // The engine is never contacted; make sure no stray socket or context could be.
-    cmd.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
-    cmd
-}
-
 /// The metadata the repository ships for packagers.
 fn shipped_metadata() -> Value {
     read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/metadata.json"))

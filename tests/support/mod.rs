@@ -60,8 +60,8 @@ pub use peers::{
 };
 #[allow(unused_imports)]
 pub use process::{
-    Background, DEFAULT_TIMEOUT, IdpbCommand, Output, checked, idpb, require_python_jwt, require_tool, run,
-    run_with_stdin, run_with_timeout,
+    Background, DEFAULT_TIMEOUT, IdpbCommand, Output, checked, docker_cli, idpb, install_plugin, require_python_jwt,
+    require_tool, run, run_with_stdin, run_with_timeout,
 };
 #[allow(unused_imports)]
 pub use registry::{

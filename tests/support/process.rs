@@ -4,7 +4,8 @@
 //! and panics with whatever it printed. [`IdpbCommand`] starts from the test process's environment but
 //! points `HOME`, `DOCKER_CONFIG` and `IDPB_HOME` at fresh temp dirs and removes what would leak the
 //! developer's machine into a test (`IDPB_*`, `DOCKER_*`, `SSL_CERT_*`, proxies, podman's auth file);
-//! anything can be set back per test. [`Background`] runs a command while the test signals or feeds it;
+//! anything can be set back per test; [`docker_cli`] is the real docker client with the binary installed as
+//! its plugin. [`Background`] runs a command while the test signals or feeds it;
 //! [`Daemon`] is the background-process guard shared by the registry and the token server.
 
 use super::{TempDir, bin};
@@ -324,6 +325,28 @@ pub fn idpb<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>, envs: &[(&str, &
         cmd.env(key, value);
     }
     cmd.run()
+}
+
+/// Copies the binary under test into `config_dir/cli-plugins/docker-idpb` (mode 0755), as `make install`.
+pub fn install_plugin(config_dir: &Path) -> PathBuf {
+    let plugin = config_dir.join("cli-plugins/docker-idpb");
+    if let Some(dir) = plugin.parent() {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    }
+    fs::copy(bin(), &plugin).unwrap_or_else(|e| panic!("cannot copy the plugin to {}: {e}", plugin.display()));
+    fs::set_permissions(&plugin, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", plugin.display()));
+    plugin
+}
+
+/// The real docker client, isolated (temp `HOME` and `DOCKER_CONFIG`), with the plugin installed in its
+/// `DOCKER_CONFIG`.
+pub fn docker_cli() -> IdpbCommand {
+    let mut cmd = IdpbCommand::for_program(require_tool("docker"));
+    install_plugin(&cmd.docker_config());
+    // The engine is never contacted; make sure no stray socket or context could be.
+    cmd.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    cmd
 }
 
 /// The path of an external tool; panics when it is missing, because tests never skip.
