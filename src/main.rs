@@ -49,12 +49,12 @@ fn main() {
             return;
         }
         Err(idpb::cli::help::Early::Fail(e)) => {
-            eprintln!("docker-idpb: {e}");
+            eprintln!("docker-idpb: {}", idpb::cli::as_invoked(&e.to_string(), &inv));
             std::process::exit(e.exit_code());
         }
     };
     if let Err(e) = idpb::cli::run(cli, &inv) {
-        eprintln!("docker-idpb: {e}");
+        eprintln!("docker-idpb: {}", idpb::cli::as_invoked(&e.to_string(), &inv));
         std::process::exit(e.exit_code());
     }
 }

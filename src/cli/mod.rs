@@ -904,6 +904,12 @@ pub fn program_name(inv: &argv::Invocation) -> &'static str {
     if inv.plugin { "docker idpb" } else { "docker-idpb" }
 }
 
+/// A message for the user, naming commands as they were invoked: library messages say `docker-idpb CMD`,
+/// which a plugin's user types as `docker idpb CMD`.
+pub fn as_invoked(message: &str, inv: &argv::Invocation) -> String {
+    if inv.plugin { message.replace("docker-idpb ", "docker idpb ") } else { message.to_string() }
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli, inv: &argv::Invocation) -> Result<()> {
     let docker_config = inv.docker_config.as_ref().map(PathBuf::from);

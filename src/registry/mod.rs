@@ -349,7 +349,7 @@ fn trust_for(host: &str, opts: &ConnectOptions, progress: &mut Progress) -> Resu
         return Ok((tls, String::new()));
     }
     if !crate::idpbuilder::serves(host) {
-        let hint = format!("; to verify it, install its CA with `docker idpb trust {host} --from-file CA.pem`");
+        let hint = format!("; to verify it, install its CA with `docker-idpb trust {host} --from-file CA.pem`");
         return Ok((tls, hint));
     }
     let limit = opts.request_timeout.unwrap_or(crate::credentials::HELPER_TIMEOUT);
@@ -366,7 +366,7 @@ fn trust_for(host: &str, opts: &ConnectOptions, progress: &mut Progress) -> Resu
     Ok((
         tls,
         format!(
-            "; the idpbuilder cluster's CA could not be fetched ({why}): run `docker idpb trust {host}` to verify it"
+            "; the idpbuilder cluster's CA could not be fetched ({why}): run `docker-idpb trust {host}` to verify it"
         ),
     ))
 }

@@ -112,20 +112,20 @@ fn certificate(host: &str, err: &CertificateError, chain: Option<&[CertInfo]>) -
         CertificateError::UnknownIssuer => match leaf {
             Some(l) if l.self_issued && chain.is_some_and(|c| c.len() == 1) => format!(
                 "{host} presents a self-signed certificate ({}), which no trusted CA vouches for; trust it with \
-                 `docker idpb trust {host} --from-file CERT.pem` (into certs.d) or --ca-file CERT.pem, {insecure}",
+                 `docker-idpb trust {host} --from-file CERT.pem` (into certs.d) or --ca-file CERT.pem, {insecure}",
                 l.subject
             ),
             Some(l) => {
                 let top = chain.and_then(|c| c.last()).unwrap_or(l);
                 format!(
                     "the TLS certificate of {host}{subject} was issued by \"{}\", a CA not trusted here; install \
-                     that CA with `docker idpb trust {host} --from-file CA.pem` (into certs.d) or pass --ca-file CA.pem, {insecure}",
+                     that CA with `docker-idpb trust {host} --from-file CA.pem` (into certs.d) or pass --ca-file CA.pem, {insecure}",
                     top.issuer
                 )
             }
             None => format!(
-                "the TLS certificate of {host} was issued by a CA not trusted here; install that CA with `docker \
-                 idpb trust {host} --from-file CA.pem` (into certs.d) or pass --ca-file CA.pem, {insecure}"
+                "the TLS certificate of {host} was issued by a CA not trusted here; install that CA with \
+                 `docker-idpb trust {host} --from-file CA.pem` (into certs.d) or pass --ca-file CA.pem, {insecure}"
             ),
         },
         CertificateError::BadSignature => {
@@ -135,7 +135,7 @@ fn certificate(host: &str, err: &CertificateError, chain: Option<&[CertInfo]>) -
             format!(
                 "the TLS certificate of {host}{subject} was not signed by the CA trusted here under its issuer's \
                  name{issuer} (a CA re-created with the same name, as by a new idpbuilder cluster?); install the \
-                 current CA with `docker idpb trust {host}` (or --from-file CA.pem) or pass --ca-file CA.pem, {insecure}"
+                 current CA with `docker-idpb trust {host}` (or --from-file CA.pem) or pass --ca-file CA.pem, {insecure}"
             )
         }
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => format!(
@@ -334,7 +334,7 @@ mod tests {
         no_struct(&m);
 
         let m = certificate(host, &CertificateError::UnknownIssuer, Some(std::slice::from_ref(&l)));
-        assert!(m.contains("issued by \"CN=idpb test CA\"") && m.contains("docker idpb trust localhost:5000"), "{m}");
+        assert!(m.contains("issued by \"CN=idpb test CA\"") && m.contains("docker-idpb trust localhost:5000"), "{m}");
         let selfie = leaf("CN=me", "CN=me");
         let m = certificate(host, &CertificateError::UnknownIssuer, Some(std::slice::from_ref(&selfie)));
         assert!(m.contains("self-signed certificate (CN=me)"), "{m}");
