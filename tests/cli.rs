@@ -251,6 +251,20 @@ fn docker_idpb_push_h_is_the_plugins_help() {
     output.assert_code(2);
     assert!(output.stderr.contains("--password-stdin"), "{output}");
     assert!(output.stderr.contains("docker idpb login"), "the hint names `docker idpb login`: {output}");
+
+    // So does an error from the library: a push from an empty store points to `docker idpb images`...
+    let home = TempDir::new("cli-plugin-store");
+    let mut cmd = docker_cli();
+    cmd.env("IDPB_HOME", home.path()).args(["idpb", "push", "--image", "missing:1", "-t", "127.0.0.1:1/ns/x:1"]);
+    let output = cmd.run();
+    output.assert_failure();
+    assert!(output.stderr.contains("docker idpb build"), "{output}");
+    assert!(!output.stderr.contains("docker-idpb build"), "{output}");
+    // ...and the same command standalone names `docker-idpb`.
+    let mut cmd = IdpbCommand::new();
+    cmd.env("IDPB_HOME", home.path()).args(["push", "--image", "missing:1", "-t", "127.0.0.1:1/ns/x:1"]);
+    let output = cmd.run();
+    assert!(output.stderr.contains("docker-idpb build"), "{output}");
 }
 
 #[test]
