@@ -7,7 +7,9 @@
 //! wrap, or redrawing it in place would move the wrong line); 80 columns show the first three. A log
 //! line says the same in a sentence. A directory layer measures its progress by the context bytes read
 //! of the total a stat walk found (compression makes the blob's own size unknown until the end); a blob
-//! of known size by the bytes sent of that size.
+//! of known size by the bytes sent of that size. Reading runs ahead of sending by what the pipeline holds
+//! (compression blocks, the block queue, one upload chunk: a few MiB), so a layer's bar reaches 100% a
+//! little before its last chunk is sent; the bytes sent and the rate are the upload's own.
 
 use std::time::Duration;
 
