@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::layer::{LayerDigests, LayerOptions};
-use crate::walk::{Context, Kind};
+use crate::walk::{Context, Kind, Size};
 
 /// A directory of fingerprint -> layer digests entries.
 pub struct LayerCache {
@@ -43,6 +43,13 @@ impl LayerCache {
 
     /// The fingerprint of `context` built with `opts` (a stat-only walk).
     pub fn fingerprint(context: &Context, opts: &LayerOptions) -> Result<String> {
+        Ok(LayerCache::fingerprint_and_size(context, opts)?.0)
+    }
+
+    /// The fingerprint and, from the same stat walk, what the layer will read (the progress display's
+    /// totals).
+    pub fn fingerprint_and_size(context: &Context, opts: &LayerOptions) -> Result<(String, Size)> {
+        let mut size = Size::default();
         let mut h = Sha256::new();
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.update(format!("{opts:?}\0").as_bytes());
@@ -57,6 +64,7 @@ impl LayerCache {
             }
         }
         let mut visit = |e: crate::walk::Entry| -> Result<()> {
+            size.count(&e);
             h.update(e.rel.as_bytes());
             h.update([0]);
             let kind = match &e.kind {
@@ -73,7 +81,7 @@ impl LayerCache {
             Ok(())
         };
         context.walk(&mut visit, &mut |_, _| {})?;
-        Ok(hex::encode(h.finalize()))
+        Ok((hex::encode(h.finalize()), size))
     }
 
     fn path(&self, fingerprint: &str) -> PathBuf {

@@ -57,6 +57,8 @@ pub struct LayerDigests {
 /// Receives notes while writing: a skipped special file, the bytes read so far.
 pub trait LayerObserver {
     fn skipped(&mut self, path: &std::path::Path, what: &str);
+    /// `bytes` more of the context's file contents were read, and `files` more regular files read whole.
+    fn read(&mut self, _bytes: u64, _files: u64) {}
 }
 
 const BLOCK: usize = 512;
@@ -72,10 +74,13 @@ pub fn write_layer<W: Write>(
     let blob = HashingWriter::new(out);
     let gz = GzipWriter::new(blob, opts.level);
     let buffered = BufWriter::with_capacity(COPY_BUF, gz);
-    let mut tar = TarWriter { out: HashingWriter::new(buffered), opts, buf: vec![0; COPY_BUF], entries: 0 };
+    // The walk calls one of its two callbacks at a time; both report to the observer.
+    let observer = std::cell::RefCell::new(observer);
+    let mut tar =
+        TarWriter { out: HashingWriter::new(buffered), opts, buf: vec![0; COPY_BUF], entries: 0, observer: &observer };
 
     tar.prefix_dirs(context)?;
-    context.walk(&mut |entry| tar.entry(&entry), &mut |path, what| observer.skipped(path, what))?;
+    context.walk(&mut |entry| tar.entry(&entry), &mut |path, what| observer.borrow_mut().skipped(path, what))?;
     tar.finish()?;
 
     let entries = tar.entries;
@@ -97,14 +102,15 @@ pub fn sink_error(e: io::Error) -> Error {
     Error::Layout(format!("cannot write layer: {e}"))
 }
 
-struct TarWriter<'a, W: Write> {
+struct TarWriter<'a, 'o, W: Write> {
     out: HashingWriter<W>,
     opts: &'a LayerOptions,
     buf: Vec<u8>,
     entries: u64,
+    observer: &'a std::cell::RefCell<&'o mut dyn LayerObserver>,
 }
 
-impl<W: Write> TarWriter<'_, W> {
+impl<W: Write> TarWriter<'_, '_, W> {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if signal::cancelled() {
             return Err(Error::Cancelled);
@@ -196,10 +202,14 @@ impl<W: Write> TarWriter<'_, W> {
             self.buf = chunk;
             res?;
             left -= n as u64;
+            self.observer.borrow_mut().read(n as u64, u64::from(left == 0));
         }
         let mut probe = [0u8; 1];
         if file.read(&mut probe).map_err(|e| Error::io(&entry.path, "read", e))? != 0 {
             return Err(changed());
+        }
+        if size == 0 {
+            self.observer.borrow_mut().read(0, 1);
         }
         self.pad(size)
     }

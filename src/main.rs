@@ -23,12 +23,8 @@ fn main() {
         println!("{}", idpb::cli::plugin_metadata());
         return;
     }
-    // A second signal means the user will not wait for the clean-up.
-    let _ = ctrlc::set_handler(|| {
-        if idpb::signal::cancel() {
-            std::process::exit(130);
-        }
-    });
+    // The first signal cancels cleanly; a second means the user will not wait for the clean-up.
+    let _ = idpb::signal::handle_signals();
     idpb::signal::watch_plugin_socket();
     let inv = idpb::cli::argv::normalize(&argv);
     if let [command, action] = inv.args.as_slice()

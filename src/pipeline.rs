@@ -19,7 +19,7 @@ use crate::image::{
 };
 use crate::layer::{LayerDigests, LayerObserver, LayerOptions, write_layer};
 use crate::layout::Layout;
-use crate::progress::Progress;
+use crate::progress::{Meter, Progress, Total, What};
 use crate::reference::Reference;
 use crate::rootfs::RootFs;
 use crate::sink::{BlobOutcome, BlobWriter, ManifestBlob, Sink};
@@ -54,34 +54,47 @@ impl Built {
     }
 }
 
-/// Special files the walk left out, collected to be reported once the stream is done.
-struct Skipped(Vec<(std::path::PathBuf, String)>);
+/// What the layer writer tells the pipeline: special files the walk left out (collected, to be reported
+/// once the stream is done) and how much of the context it read (on the layer's meter, from the
+/// compressing thread).
+struct Observer {
+    skipped: Vec<(std::path::PathBuf, String)>,
+    meter: Meter,
+}
 
-impl Skipped {
+impl Observer {
+    fn new(meter: Meter) -> Observer {
+        Observer { skipped: Vec::new(), meter }
+    }
+
     fn report(&self, progress: &mut Progress) {
-        for (path, what) in &self.0 {
+        for (path, what) in &self.skipped {
             let path = crate::progress::escaped(&path.display().to_string());
             progress.warn(&format!("skipped {path} ({what}: cannot be stored in an image)"));
         }
     }
 }
 
-impl LayerObserver for Skipped {
+impl LayerObserver for Observer {
     fn skipped(&mut self, path: &std::path::Path, what: &str) {
-        self.0.push((path.to_path_buf(), what.to_string()));
+        self.skipped.push((path.to_path_buf(), what.to_string()));
+    }
+
+    fn read(&mut self, bytes: u64, files: u64) {
+        self.meter.read(bytes, files);
     }
 }
 
-/// Counts bytes into the progress display on their way to the sink.
+/// Counts bytes on a blob's meter on their way to the sink.
 struct Counted<'a, W: Write> {
     inner: W,
-    progress: &'a mut Progress,
+    meter: &'a Meter,
 }
 
 impl<W: Write> Write for Counted<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.progress.advance(n as u64);
+        self.meter.sent(n as u64);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -98,23 +111,44 @@ pub fn store_layer(
     progress: &mut Progress,
     cache: Option<&LayerCache>,
 ) -> Result<LayerDigests> {
-    let fingerprint = match cache {
-        Some(_) => Some(LayerCache::fingerprint(&plan.context, &plan.layer)?),
-        None => None,
+    store_layer_as(plan, sink, progress, cache, What::Layer)
+}
+
+/// [`store_layer`], shown on the display as `what` (one layer of several, or the only one).
+fn store_layer_as(
+    plan: &Plan,
+    sink: &mut dyn Sink,
+    progress: &mut Progress,
+    cache: Option<&LayerCache>,
+    what: What,
+) -> Result<LayerDigests> {
+    let (fingerprint, size) = match cache {
+        Some(_) => {
+            let (fp, size) = LayerCache::fingerprint_and_size(&plan.context, &plan.layer)?;
+            (Some(fp), Some(size))
+        }
+        None => (None, None),
     };
     if let (Some(cache), Some(fp)) = (cache, &fingerprint)
         && let Some(digests) = cache.get(fp)
-        && sink.has_blob(&digests.digest)?
+        && let Some(found) = sink.find_blob(&digests.digest)?
     {
-        progress.note(&format!("layer {}: unchanged, already stored", short(&digests.digest)));
+        progress.stored(what, &digests.digest, digests.size, &found);
         return Ok(digests);
     }
+    // The display's totals: the cache's stat walk counted them, or one of our own does (cheap next to
+    // compressing the context, and skipped when nothing is shown).
+    let total = match size {
+        Some(size) => Total::Context(size),
+        None if progress.is_quiet() => Total::Unknown,
+        None => Total::Context(plan.context.size()?),
+    };
     let digests = restreaming(
         progress,
         sink,
         "the layer",
-        |progress, sink| stream_layer(plan, sink, progress),
-        |progress, sink, why| monolithic_layer(plan, sink, progress, why),
+        |progress, sink| stream_layer(plan, sink, progress, what, total),
+        |progress, sink, why| monolithic_layer(plan, sink, progress, why, what),
     )?;
     if let (Some(cache), Some(fp)) = (cache, fingerprint) {
         // Only if nothing changed while it was read.
@@ -154,78 +188,94 @@ fn restreaming<T>(
 
 /// For a registry without chunked upload: one pass to learn digest and size, then a second streamed
 /// into a single PUT. Compressing twice keeps memory bounded, where buffering the blob would not.
-fn monolithic_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress, why: &str) -> Result<LayerDigests> {
+fn monolithic_layer(
+    plan: &Plan,
+    sink: &mut dyn Sink,
+    progress: &mut Progress,
+    why: &str,
+    what: What,
+) -> Result<LayerDigests> {
     progress.note(&format!("{why}; sending the layer as one request (compressing it twice to keep memory bounded)"));
-    let mut skipped = Skipped(Vec::new());
-    let (_, digests) = write_layer(&plan.context, &plan.layer, std::io::sink(), &mut skipped)?;
-    skipped.report(progress);
-    if !sink.has_blob(&digests.digest)? {
-        let produce = |w: &mut dyn Write| -> Result<()> {
-            let (_, again) = write_layer(&plan.context, &plan.layer, w, &mut Skipped(Vec::new()))?;
-            if again.digest != digests.digest {
-                return Err(Error::Context("the context changed between two reads; push again".into()));
-            }
-            Ok(())
-        };
-        sink.put_blob_streamed(&digests.digest, digests.size, &produce)?;
+    let mut observer = Observer::new(Meter::detached());
+    let (_, digests) = write_layer(&plan.context, &plan.layer, std::io::sink(), &mut observer)?;
+    observer.report(progress);
+    if let Some(found) = sink.find_blob(&digests.digest)? {
+        progress.stored(what, &digests.digest, digests.size, &found);
+        return Ok(digests);
+    }
+    let meter = progress.start(what, Some(&digests.digest), Total::Bytes(digests.size));
+    let produce = |w: &mut dyn Write| -> Result<()> {
+        meter.restart();
+        let counted = Counted { inner: w, meter: &meter };
+        let (_, again) = write_layer(&plan.context, &plan.layer, counted, &mut Observer::new(Meter::detached()))?;
+        if again.digest != digests.digest {
+            return Err(Error::Context("the context changed between two reads; push again".into()));
+        }
+        Ok(())
+    };
+    match sink.put_blob_streamed(&digests.digest, digests.size, &produce) {
+        Ok(()) => progress.finish(&meter, &digests.digest, digests.size, &BlobOutcome::Sent),
+        Err(e) => {
+            progress.failed(&meter);
+            return Err(e);
+        }
     }
     Ok(digests)
-}
-
-fn short(d: &Digest) -> &str {
-    &d.hex()[..12]
 }
 
 /// Streams the layer into a new blob. Reading and compressing run on a second thread and hand 1 MiB
 /// blocks over a bounded channel, so compression goes on while the sink waits on the network or disk;
 /// memory stays bounded (the channel holds at most `QUEUE` blocks).
-fn stream_layer(plan: &Plan, sink: &mut dyn Sink, progress: &mut Progress) -> Result<LayerDigests> {
+/// The compressing thread reports the context it read on the layer's meter, the sending side the bytes
+/// it handed to the sink.
+fn stream_layer(
+    plan: &Plan,
+    sink: &mut dyn Sink,
+    progress: &mut Progress,
+    what: What,
+    total: Total,
+) -> Result<LayerDigests> {
     let mut writer: Box<dyn BlobWriter + '_> = sink.blob_writer()?;
-    progress.start("layer");
+    let meter = progress.start(what, None, total);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
-    let (produced, consumed, skipped) = std::thread::scope(|scope| {
+    let (produced, consumed, observer) = std::thread::scope(|scope| {
+        let mut observer = Observer::new(meter.clone());
         let producer = scope.spawn(move || {
-            let mut skipped = Skipped(Vec::new());
             let out = BlockSender { tx, block: Vec::with_capacity(BLOCK) };
-            let result = write_layer(&plan.context, &plan.layer, out, &mut skipped)
+            let result = write_layer(&plan.context, &plan.layer, out, &mut observer)
                 .and_then(|(out, digests)| out.finish().map(|_| digests));
-            (result, skipped)
+            (result, observer)
         });
         let mut consumed: Result<()> = Ok(());
         while let Ok(block) = rx.recv() {
-            if let Err(e) = writer.write_all(&block) {
+            // Counted per write: a registry's writer takes a chunk at a time, sending each as it fills.
+            if let Err(e) = (Counted { inner: &mut writer, meter: &meter }).write_all(&block) {
                 consumed = Err(crate::layer::sink_error(e));
                 break;
             }
-            progress.advance(block.len() as u64);
         }
         // Dropping the receiver stops a producer that is still writing.
         drop(rx);
-        let (produced, skipped) = producer.join().unwrap_or_else(|_| {
-            (Err(Error::Layout("the layer writer stopped unexpectedly".into())), Skipped(Vec::new()))
+        let (produced, observer) = producer.join().unwrap_or_else(|_| {
+            (Err(Error::Layout("the layer writer stopped unexpectedly".into())), Observer::new(Meter::detached()))
         });
-        (produced, consumed, skipped)
+        (produced, consumed, observer)
     });
-    // Special files the walk leaves out are reported after the stream, not in the middle of its progress.
-    skipped.report(progress);
     // The sink's failure explains the producer's broken pipe, so it comes first.
-    match consumed.and(produced) {
-        Ok(digests) => {
-            writer.commit(&digests.digest, digests.size)?;
-            let plural = if digests.entries == 1 { "entry" } else { "entries" };
-            progress.done(&format!(
-                "{} {} ({} {plural})",
-                short(&digests.digest),
-                crate::progress::human(digests.size),
-                digests.entries
-            ));
-            Ok(digests)
-        }
+    let stored = match consumed.and(produced) {
+        Ok(digests) => writer.commit(&digests.digest, digests.size).map(|()| digests),
         Err(e) => {
             let _ = writer.abort();
             Err(e)
         }
+    };
+    match &stored {
+        Ok(digests) => progress.finish(&meter, &digests.digest, digests.size, &BlobOutcome::Sent),
+        Err(_) => progress.failed(&meter),
     }
+    // Special files the walk left out, after the layer's line.
+    observer.report(progress);
+    stored
 }
 
 /// How many times a layer is sent again from its first byte after registries lose the upload session
@@ -283,7 +333,7 @@ pub fn run(
     cache: Option<&LayerCache>,
 ) -> Result<Built> {
     let (image, config_bytes) = build_image(plan, base, sink, progress, cache, &mut Layers(None))?;
-    let manifest = store_image(sink, &config_bytes, &image.config_digest, image.manifest.clone(), names)?;
+    let manifest = store_image(sink, &config_bytes, &image.config_digest, image.manifest.clone(), names, progress)?;
     Ok(Built { manifest, ..image })
 }
 
@@ -356,8 +406,8 @@ pub fn run_index(
         }
         progress.note(&format!("platform {}", item.platform));
         let (image, config_bytes) = build_image(&plan, item.base, sink, progress, cache, &mut done)?;
-        put_config(sink, &config_bytes, &image.config_digest)?;
-        sink.put_manifest_untagged(&image.manifest)?;
+        put_config(sink, &config_bytes, &image.config_digest, progress)?;
+        put_untagged(sink, &image.manifest, progress)?;
         let mut desc = Descriptor::new(
             image.manifest.media_type.as_str(),
             image.manifest.digest.clone(),
@@ -381,7 +431,7 @@ pub fn run_index(
     };
     let bytes = to_json(&index)?;
     let blob = ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: index.media_type, platform: None };
-    let index = store_named(sink, blob, names)?;
+    let index = store_named(sink, blob, names, progress)?;
     Ok(BuiltIndex { index, images: built })
 }
 
@@ -445,9 +495,12 @@ fn build_image(
         Some(layers) => layers,
         None => {
             let mut ours = Vec::new();
-            for (_, part) in plan.context.split(&plan.split)? {
+            let parts = plan.context.split(&plan.split)?;
+            let count = parts.len();
+            for (k, (_, part)) in parts.into_iter().enumerate() {
                 let part_plan = Plan { context: part, ..plan.clone() };
-                ours.push(store_layer(&part_plan, sink, progress, cache)?);
+                let what = if count > 1 { What::LayerPart(k + 1, count) } else { What::Layer };
+                ours.push(store_layer_as(&part_plan, sink, progress, cache, what)?);
             }
             if let (Some(map), Some(k)) = (&mut done.0, key) {
                 map.insert(k, ours.clone());
@@ -499,13 +552,14 @@ fn store_base(base: &mut Base, sink: &mut dyn Sink, progress: &mut Progress) -> 
         if media.contains("foreign") || media.contains("nondistributable") {
             continue;
         }
-        progress.start(&format!("base layer {}", short(&desc.digest)));
-        let outcome = sink.put_base_blob(desc, &mut base.source)?;
-        progress.done(match outcome {
-            BlobOutcome::Present => "already there",
-            BlobOutcome::Mounted => "mounted",
-            BlobOutcome::Copied => "copied",
-        });
+        let meter = progress.start(What::Layer, Some(&desc.digest), Total::Bytes(desc.size));
+        match sink.put_base_blob(desc, &mut base.source, &meter) {
+            Ok(outcome) => progress.finish(&meter, &desc.digest, desc.size, &outcome),
+            Err(e) => {
+                progress.failed(&meter);
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
@@ -518,34 +572,57 @@ pub fn store_image(
     config_digest: &Digest,
     manifest: ManifestBlob,
     names: &[Reference],
+    progress: &mut Progress,
 ) -> Result<ManifestBlob> {
-    put_config(sink, config_bytes, config_digest)?;
-    store_named(sink, manifest, names)
+    put_config(sink, config_bytes, config_digest, progress)?;
+    store_named(sink, manifest, names, progress)
 }
 
 /// Stores a config blob; a lost session just sends it again (a chunked refusal is handled by the sink).
-fn put_config(sink: &mut dyn Sink, config_bytes: &[u8], config_digest: &Digest) -> Result<()> {
+fn put_config(sink: &mut dyn Sink, config_bytes: &[u8], config_digest: &Digest, progress: &mut Progress) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match sink.put_blob(config_bytes, config_digest) {
+        match sink.store_blob(config_bytes, config_digest) {
             Err(Error::Restart(Restart::UploadLost(_))) if attempt < MAX_RESTREAMS => {}
             Err(Error::Restart(r)) => {
                 return Err(Error::protocol(format!("{}, {attempt} times in a row; giving up", r.reason())));
             }
-            other => return other.map(|_| ()),
+            Err(e) => return Err(e),
+            Ok(outcome) => {
+                progress.stored(What::Config, config_digest, config_bytes.len() as u64, &outcome);
+                return Ok(());
+            }
         };
     }
 }
 
+/// Stores one platform's manifest, which an index will name.
+fn put_untagged(sink: &mut dyn Sink, manifest: &ManifestBlob, progress: &mut Progress) -> Result<()> {
+    sink.put_manifest_untagged(manifest)?;
+    progress.stored(What::Manifest, &manifest.digest, manifest.bytes.len() as u64, &BlobOutcome::Sent);
+    Ok(())
+}
+
 /// Names a manifest or index (whose blobs are stored) with every reference; every name is tried and a
 /// failure is reported per name. The bytes are stored exactly as given.
-fn store_named(sink: &mut dyn Sink, manifest: ManifestBlob, names: &[Reference]) -> Result<ManifestBlob> {
+fn store_named(
+    sink: &mut dyn Sink,
+    manifest: ManifestBlob,
+    names: &[Reference],
+    progress: &mut Progress,
+) -> Result<ManifestBlob> {
+    // Docker's `TAG: digest: ... size: N`; the whole name when the tags are in several repositories.
+    let one_repository = names.iter().all(|n| n.repo_name() == names[0].repo_name());
     let mut done = Vec::new();
     let mut failed: Vec<(String, Error)> = Vec::new();
     for name in names {
         match sink.put_manifest(&manifest, name) {
-            Ok(()) => done.push(name.to_string()),
+            Ok(()) => {
+                let shown = if one_repository { name.tag_or_latest().to_string() } else { name.to_string() };
+                progress.tagged(&shown, &manifest.digest, manifest.bytes.len() as u64);
+                done.push(name.to_string());
+            }
             Err(Error::Cancelled) => return Err(Error::Cancelled),
             Err(e) => failed.push((name.to_string(), e)),
         }
@@ -579,15 +656,15 @@ pub fn copy_from_layout(
             .map_err(|e| Error::Layout(format!("index {} is not valid: {e}", desc.digest)))?;
         for entry in &index.manifests {
             let (child, config_bytes, config_digest) = copy_image_blobs(layout, entry, sink, progress)?;
-            put_config(sink, &config_bytes, &config_digest)?;
-            sink.put_manifest_untagged(&child)?;
+            put_config(sink, &config_bytes, &config_digest, progress)?;
+            put_untagged(sink, &child, progress)?;
         }
         let blob =
             ManifestBlob { digest: desc.digest.clone(), bytes, media_type: desc.media_type.clone(), platform: None };
-        return store_named(sink, blob, names);
+        return store_named(sink, blob, names, progress);
     }
     let (blob, config_bytes, config_digest) = copy_image_blobs(layout, desc, sink, progress)?;
-    store_image(sink, &config_bytes, &config_digest, blob, names)
+    store_image(sink, &config_bytes, &config_digest, blob, names, progress)
 }
 
 /// Stores the layers of the image `desc` names in `layout` (skipping those the sink has); returns its
@@ -609,8 +686,8 @@ fn copy_image_blobs(
         .map_err(|e| Error::Layout(format!("manifest {} is not valid: {e}", desc.digest)))?;
     let config_bytes = layout.read_blob(&manifest.config.digest)?;
     for layer in &manifest.layers {
-        if sink.has_blob(&layer.digest)? {
-            progress.note(&format!("layer {}: already stored", short(&layer.digest)));
+        if let Some(found) = sink.find_blob(&layer.digest)? {
+            progress.stored(What::Layer, &layer.digest, layer.size, &found);
             continue;
         }
         let produce = |w: &mut dyn Write| -> Result<()> {
@@ -641,9 +718,9 @@ fn copy_image_blobs(
 fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, progress: &mut Progress) -> Result<()> {
     let file = layout.open_blob(digest)?;
     let mut writer = sink.blob_writer()?;
-    progress.start(&format!("layer {}", short(digest)));
+    let meter = progress.start(What::Layer, Some(digest), Total::Bytes(size));
     let copied = {
-        let counted = Counted { inner: &mut writer, progress: &mut *progress };
+        let counted = Counted { inner: &mut writer, meter: &meter };
         let mut hashing = crate::digest::HashingWriter::new(counted);
         std::io::copy(&mut std::io::Read::take(file, size.saturating_add(1)), &mut hashing).map(|_| {
             let (_, got, n) = hashing.finish();
@@ -651,12 +728,18 @@ fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, p
         })
     };
     match copied {
-        Ok((got, n)) if got == *digest && n == size => {
-            writer.commit(digest, size)?;
-            progress.done(&crate::progress::human(size));
-            Ok(())
-        }
+        Ok((got, n)) if got == *digest && n == size => match writer.commit(digest, size) {
+            Ok(()) => {
+                progress.finish(&meter, digest, size, &BlobOutcome::Sent);
+                Ok(())
+            }
+            Err(e) => {
+                progress.failed(&meter);
+                Err(e)
+            }
+        },
         Ok((got, n)) => {
+            progress.failed(&meter);
             let _ = writer.abort();
             Err(Error::Layout(format!(
                 "blob {digest} in {} has {n} bytes hashing to {got} (its manifest says {size} bytes); nothing was \
@@ -665,6 +748,7 @@ fn copy_blob(layout: &Layout, digest: &Digest, size: u64, sink: &mut dyn Sink, p
             )))
         }
         Err(e) => {
+            progress.failed(&meter);
             let _ = writer.abort();
             Err(crate::layer::sink_error(e))
         }

@@ -5,9 +5,12 @@
 //! unwinds through the normal error path, so open upload sessions are deleted and temp files removed by the
 //! code that owns them. The binary's signal handler sets the process-wide one ([`Cancel::process`]); a unit
 //! test makes its own with [`Cancel::new`] and cancels one operation without touching the rest of the
-//! process. A second signal means the user will not wait for the clean-up: `main` exits at once with 130.
-//! Run by the docker CLI without a terminal, the plugin is told to stop by the CLI closing the abstract
-//! unix socket named in `DOCKER_CLI_PLUGIN_SOCKET`: a thread connects to it and treats EOF as a cancel.
+//! process. A second signal means the user will not wait for the clean-up: the handler exits at once with
+//! 130. Run by the docker CLI without a terminal, the plugin is told to stop by the CLI closing the
+//! abstract unix socket named in `DOCKER_CLI_PLUGIN_SOCKET`: a thread connects to it and treats EOF as a
+//! cancel. That EOF is not counted as a signal: one interruption often brings both (`timeout -s INT`
+//! signals docker's whole process group, plugin included, and docker then closes the socket), and it
+//! must stay the first, clean cancel, which deletes the upload session, rather than pass for a second.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -67,6 +70,18 @@ pub fn cancelled() -> bool {
 /// Marks the run cancelled; returns whether it was already (used by the signal handler and tests).
 pub fn cancel() -> bool {
     Cancel::process().cancel()
+}
+
+/// Handles SIGINT, SIGTERM and SIGHUP for the process: the first cancels the run (the clean stop), a
+/// second exits at once with 130. Only signals count towards the second (see the module doc).
+pub fn handle_signals() -> std::result::Result<(), ctrlc::Error> {
+    let signalled = AtomicBool::new(false);
+    ctrlc::set_handler(move || {
+        cancel();
+        if signalled.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
 }
 
 /// Watches `DOCKER_CLI_PLUGIN_SOCKET` (set by the docker CLI for plugins): EOF on it means cancel.

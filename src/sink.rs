@@ -13,6 +13,7 @@ use crate::base::BlobSource;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::{Descriptor, Platform};
+use crate::progress::Meter;
 use crate::reference::Reference;
 
 /// A blob being written whose digest is not known yet.
@@ -37,23 +38,15 @@ pub fn write_blob(mut w: Box<dyn BlobWriter + '_>, digest: &Digest, size: u64, p
     }
 }
 
-/// What [`Sink::put_base_blob`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a blob came to be in the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobOutcome {
+    /// It was there already.
     Present,
-    Mounted,
-    Copied,
-}
-
-/// Copies `desc` from `source` into `w`, committing only if the bytes match its digest and size.
-pub fn copy_verified(w: Box<dyn BlobWriter + '_>, desc: &Descriptor, source: &mut BlobSource) -> Result<()> {
-    match source.open(&desc.digest) {
-        Ok(reader) => copy_verified_from(w, &desc.digest, desc.size, reader),
-        Err(e) => {
-            let _ = w.abort();
-            Err(e)
-        }
-    }
+    /// Mounted from this repository of the same registry.
+    Mounted(String),
+    /// Its bytes were sent.
+    Sent,
 }
 
 /// Copies at most `size` + 1 bytes of `reader` into `w`, committing only if they are exactly the blob
@@ -100,18 +93,29 @@ pub trait Sink {
     /// Whether the blob is already stored (a registry answers HEAD; a layout checks the file).
     fn has_blob(&mut self, digest: &Digest) -> Result<bool>;
 
+    /// Like [`Sink::has_blob`], saying how the blob got there when the sink brought it in without its bytes
+    /// (a registry mounts it from another repository it was pushed to); `None` when it is missing.
+    fn find_blob(&mut self, digest: &Digest) -> Result<Option<BlobOutcome>> {
+        Ok(self.has_blob(digest)?.then_some(BlobOutcome::Present))
+    }
+
     /// A writer for a new blob of unknown digest.
     fn blob_writer(&mut self) -> Result<Box<dyn BlobWriter + '_>>;
 
     /// Stores a blob whose bytes and digest are known, unless it is there already. Returns whether it
     /// was sent.
     fn put_blob(&mut self, bytes: &[u8], digest: &Digest) -> Result<bool> {
-        if self.has_blob(digest)? {
-            return Ok(false);
+        Ok(self.store_blob(bytes, digest)? == BlobOutcome::Sent)
+    }
+
+    /// [`Sink::put_blob`], saying how the blob got there.
+    fn store_blob(&mut self, bytes: &[u8], digest: &Digest) -> Result<BlobOutcome> {
+        if let Some(found) = self.find_blob(digest)? {
+            return Ok(found);
         }
         let produce = |w: &mut dyn Write| w.write_all(bytes).map_err(crate::layer::sink_error);
         self.put_blob_streamed(digest, bytes.len() as u64, &produce)?;
-        Ok(true)
+        Ok(BlobOutcome::Sent)
     }
 
     /// Stores a blob of known digest and size whose bytes `produce` writes (and can write again: it is
@@ -122,14 +126,22 @@ pub trait Sink {
     }
 
     /// Stores a blob of a base image, `desc`, unless the sink has it: copied from `source` with its digest
-    /// and size verified on the way (a mismatch aborts the writer: nothing is stored). A registry sink
-    /// mounts it instead when the source is another repository of the same registry.
-    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource) -> Result<BlobOutcome> {
-        if self.has_blob(&desc.digest)? {
-            return Ok(BlobOutcome::Present);
+    /// and size verified on the way (a mismatch aborts the writer: nothing is stored), the bytes read
+    /// counted on `meter`. A registry sink mounts it instead when the source is another repository of the
+    /// same registry.
+    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource, meter: &Meter) -> Result<BlobOutcome> {
+        if let Some(found) = self.find_blob(&desc.digest)? {
+            return Ok(found);
         }
-        copy_verified(self.blob_writer()?, desc, source)?;
-        Ok(BlobOutcome::Copied)
+        let w = self.blob_writer()?;
+        match source.open(&desc.digest) {
+            Ok(reader) => copy_verified_from(w, &desc.digest, desc.size, meter.reader(reader))?,
+            Err(e) => {
+                let _ = w.abort();
+                return Err(e);
+            }
+        }
+        Ok(BlobOutcome::Sent)
     }
 
     /// Stores a manifest that an index will name (one platform's image), without a name of its own. Every
@@ -170,6 +182,15 @@ impl<'a> Fanout<'a> {
 impl Default for Fanout<'_> {
     fn default() -> Self {
         Fanout::new()
+    }
+}
+
+/// Of what two sinks did with one blob, what says the most: sent, then mounted, then present.
+fn moved_most(a: BlobOutcome, b: BlobOutcome) -> BlobOutcome {
+    match (a, b) {
+        (BlobOutcome::Sent, _) | (_, BlobOutcome::Sent) => BlobOutcome::Sent,
+        (m @ BlobOutcome::Mounted(_), _) | (_, m @ BlobOutcome::Mounted(_)) => m,
+        _ => BlobOutcome::Present,
     }
 }
 
@@ -236,12 +257,12 @@ impl Sink for Fanout<'_> {
         Ok(Box::new(Tee { writers }))
     }
 
-    fn put_blob(&mut self, bytes: &[u8], digest: &Digest) -> Result<bool> {
-        let mut sent = false;
+    fn store_blob(&mut self, bytes: &[u8], digest: &Digest) -> Result<BlobOutcome> {
+        let mut outcome = BlobOutcome::Present;
         for (_, sink) in &mut self.sinks {
-            sent |= sink.put_blob(bytes, digest)?;
+            outcome = moved_most(outcome, sink.store_blob(bytes, digest)?);
         }
-        Ok(sent)
+        Ok(outcome)
     }
 
     fn put_blob_streamed(&mut self, digest: &Digest, size: u64, produce: &Produce<'_>) -> Result<()> {
@@ -253,13 +274,21 @@ impl Sink for Fanout<'_> {
         Ok(())
     }
 
-    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource) -> Result<BlobOutcome> {
+    fn find_blob(&mut self, digest: &Digest) -> Result<Option<BlobOutcome>> {
         let mut outcome = BlobOutcome::Present;
         for (_, sink) in &mut self.sinks {
-            match sink.put_base_blob(desc, source)? {
-                BlobOutcome::Present => {}
-                other => outcome = other,
+            match sink.find_blob(digest)? {
+                None => return Ok(None),
+                Some(found) => outcome = moved_most(outcome, found),
             }
+        }
+        Ok(Some(outcome))
+    }
+
+    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource, meter: &Meter) -> Result<BlobOutcome> {
+        let mut outcome = BlobOutcome::Present;
+        for (_, sink) in &mut self.sinks {
+            outcome = moved_most(outcome, sink.put_base_blob(desc, source, meter)?);
         }
         Ok(outcome)
     }

@@ -124,6 +124,24 @@ pub struct Entry {
     pub stamp: [i64; 4],
 }
 
+/// What a layer written from a context reads: the bytes and the number of its regular files. A stat walk
+/// gives it before the layer is written (the progress display's totals).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Size {
+    /// Counts `entry` if the layer will read it.
+    pub fn count(&mut self, entry: &Entry) {
+        if let Kind::File { size } = entry.kind {
+            self.bytes += size;
+            self.files += 1;
+        }
+    }
+}
+
 impl Context {
     /// Opens `root` as a build context and reads its `.dockerignore`.
     pub fn open(root: &Path) -> Result<Context> {
@@ -220,6 +238,19 @@ impl Context {
             Err(e) => Err(e),
             Ok(()) => Ok(false),
         }
+    }
+
+    /// What a layer of this context will read (a stat walk).
+    pub fn size(&self) -> Result<Size> {
+        let mut size = Size::default();
+        self.walk(
+            &mut |e| {
+                size.count(&e);
+                Ok(())
+            },
+            &mut |_, _| {},
+        )?;
+        Ok(size)
     }
 
     /// Identifies the layer of a split context (for the layer cache's fingerprint); empty for a whole one.

@@ -340,3 +340,26 @@ fn hostile_proxy_records_tunneled_requests() {
     );
     assert_eq!(requests[2].authorization(), Some("Basic eA=="));
 }
+
+#[test]
+fn replay_applies_carriage_returns_erasures_and_cursor_moves() {
+    // A line redrawn in place, then ended.
+    assert_eq!(replay("layer: 10%\r\x1b[2Klayer: 50%\r\x1b[2Klayer: Pushed\r\n"), ["layer: Pushed"]);
+    // Erase to the end of the line keeps what is before the cursor.
+    assert_eq!(replay("abcdef\r\x1b[3C\rab\x1b[K\n"), ["ab"]);
+    // Cursor up rewrites an earlier line; the later one stays.
+    assert_eq!(replay("one\r\ntwo\r\n\x1b[2A\r\x1b[2Kuno\r\n\x1b[1B"), ["uno", "two"]);
+    // A line left unended is continued by whatever comes next.
+    assert_eq!(replay("\r\x1b[2Klayer: 1 MB\x1b[0Kdocker-idpb: cancelled\r\n"), ["layer: 1 MBdocker-idpb: cancelled"]);
+    // Erase below.
+    assert_eq!(replay("a\r\nb\r\nc\x1b[2A\r\x1b[J"), Vec::<String>::new());
+}
+
+#[test]
+fn a_terminal_run_sees_a_tty_and_passes_the_exit_code_on() {
+    let mut cmd = IdpbCommand::for_program("/bin/sh");
+    cmd.args(["-c", "test -t 1 && test -t 2 && printf 'tty\\n' && exit 3"]);
+    let output = Terminal::run(&mut cmd);
+    assert_eq!(output.code, Some(3), "{output}");
+    assert_eq!(replay(&output.stdout), ["tty"], "{output}");
+}

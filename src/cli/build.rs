@@ -47,7 +47,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     if args.list {
         return list(&context, &split, &layer.prefix);
     }
-    let mut progress = Progress::new(args.quiet);
+    let mut progress = Progress::new(args.quiet).writing_to_disk();
     let lookup = args.credential_lookup()?;
     let mut plan = Plan { context, layer, image, split };
     args.add_provenance(&mut plan.image, plan.context.root(), &mut progress);

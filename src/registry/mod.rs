@@ -21,7 +21,6 @@
 //! errors and tokens far less) into typed structs. Messages name the operation, the status, the
 //! registry's error code and message, and the attempt count, and never a credential.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use ureq::Agent;
 
 use crate::credentials::{Credential, Lookup};
 use crate::error::{Error, RegistryErrorKind, Result, TransportKind, transient_status};
-use crate::progress::Progress;
+use crate::progress::{Notices, Progress};
 use crate::signal::Cancel;
 use crate::tls::{TlsOptions, Transport};
 
@@ -337,7 +336,8 @@ pub struct Registry {
     retry: RetryPolicy,
     /// How long one exchange may take before it is abandoned.
     request_timeout: Duration,
-    quiet: bool,
+    /// Where retry lines go: the run's progress display (silent with `-q`).
+    notices: Notices,
 }
 
 /// The TLS options for `host`: the command's, plus the idpbuilder cluster's CA when `host` is idpbuilder's
@@ -439,7 +439,7 @@ impl Registry {
             auth: Authorizer::new(host, credential, loopback, first.origin().clone()),
             retry: opts.retry.clone(),
             request_timeout: timeout,
-            quiet: opts.quiet,
+            notices: if opts.quiet { Notices::silent() } else { progress.notices() },
         };
         let deadline = Instant::now() + opts.retry.budget;
         let mut last_err = None;
@@ -502,7 +502,7 @@ impl Registry {
 
     /// Prints a retry line (unless quiet).
     pub fn announce(&self, line: &str) {
-        announce(self.quiet, line);
+        self.notices.line(line);
     }
 
     /// `GET /v2/`: whether this scheme works, and which auth the registry wants. Busy answers (503...)
@@ -510,7 +510,7 @@ impl Registry {
     fn ping(&mut self, last_scheme: bool, deadline: Instant) -> Result<()> {
         let url = self.resolve("/v2/")?;
         let mut retrier = Retrier::start(&self.retry, &SystemClock, Some(deadline));
-        let quiet = self.quiet;
+        let notices = self.notices.clone();
         let answer = loop {
             let call = Call {
                 method: "GET",
@@ -543,7 +543,7 @@ impl Registry {
                 _ => None,
             };
             let Some((reason, after)) = step else { break result };
-            if !retrier.again(&reason, after, self.exchange.cancel(), &mut |l| announce(quiet, l))? {
+            if !retrier.again(&reason, after, self.exchange.cancel(), &mut |l| notices.line(l))? {
                 break result;
             }
         };
@@ -606,8 +606,8 @@ impl Registry {
         let mut retrier = Retrier::start(&self.retry, &SystemClock, req.within);
         let mut scopes = req.access.scopes();
         let mut refreshed = false;
-        let quiet = self.quiet;
-        let mut announce_line = |l: &str| announce(quiet, l);
+        let notices = self.notices.clone();
+        let mut announce_line = |l: &str| notices.line(l);
         loop {
             self.exchange.cancel().check()?;
             let registry_url = self.auth.is_registry(&url);
@@ -681,8 +681,8 @@ impl Registry {
         len: u64,
     ) -> Result<Response> {
         let url = self.resolve(&req.url)?;
-        let quiet = self.quiet;
-        let mut announce_line = |l: &str| announce(quiet, l);
+        let notices = self.notices.clone();
+        let mut announce_line = |l: &str| notices.line(l);
         let own = Instant::now() + self.retry.budget.min(self.request_timeout);
         let deadline = req.within.map_or(own, |w| w.min(own));
         let auth = if self.auth.is_registry(&url) {
@@ -730,8 +730,7 @@ impl Registry {
     pub fn delete_session(&mut self, location: &str, repo: &str) -> Result<()> {
         let url = self.resolve(location)?;
         let auth = if self.auth.is_registry(&url) {
-            let quiet = true;
-            let mut announce_line = |l: &str| announce(quiet, l);
+            let mut announce_line = |_: &str| {};
             let mut ctx = TokenContext {
                 exchange: &self.exchange,
                 policy: &self.retry,
@@ -771,18 +770,6 @@ impl Registry {
         let message = format!("{} ({} {path}) at {target} failed with {}{detail}", req.what, req.method, resp.status);
         Error::registry(RegistryErrorKind::Status { status: resp.status, codes: error_codes(&resp.body) }, message)
             .with_attempts(resp.attempts)
-    }
-}
-
-/// Prints a retry line on stderr unless quiet, on a line of its own even under a progress display.
-fn announce(quiet: bool, line: &str) {
-    if quiet {
-        return;
-    }
-    if std::io::stderr().is_terminal() {
-        eprintln!("\r\x1b[2K{line}");
-    } else {
-        eprintln!("{line}");
     }
 }
 

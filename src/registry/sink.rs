@@ -16,6 +16,7 @@ use crate::base::BlobSource;
 use crate::digest::Digest;
 use crate::error::{Error, Restart, Result};
 use crate::image::Descriptor;
+use crate::progress::Meter;
 use crate::reference::Reference;
 use crate::sink::{BlobOutcome, BlobWriter, Fanout, ManifestBlob, Sink};
 
@@ -266,16 +267,20 @@ impl BlobWriter for SinkUpload<'_> {
 
 impl Sink for RegistrySink {
     fn has_blob(&mut self, digest: &Digest) -> Result<bool> {
+        Ok(self.find_blob(digest)?.is_some())
+    }
+
+    fn find_blob(&mut self, digest: &Digest) -> Result<Option<BlobOutcome>> {
         // Blobs go to the first repository; `put_manifest` mounts them into the others.
         if self.present.contains(digest) {
-            return Ok(true);
+            return Ok(Some(BlobOutcome::Present));
         }
         let first = self.repos[0].clone();
         if self.registry.blob_exists(&first, digest)? {
             self.present.insert(digest.clone());
             self.report.blobs_skipped.push(digest.to_string());
             self.remember(digest, &first);
-            return Ok(true);
+            return Ok(Some(BlobOutcome::Present));
         }
         // Pushed to another repository of this registry before: mount it from there.
         let known = self.homes.as_ref().map(|h| h.repos(digest)).unwrap_or_default();
@@ -284,10 +289,10 @@ impl Sink for RegistrySink {
                 self.present.insert(digest.clone());
                 self.report.blobs_mounted.push(format!("{first}@{digest}"));
                 self.remember(digest, &first);
-                return Ok(true);
+                return Ok(Some(BlobOutcome::Mounted(from.clone())));
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -339,9 +344,9 @@ impl Sink for RegistrySink {
     /// A base blob: present (HEAD), mounted from the base's repository when it is on this registry, else
     /// streamed from the base's registry into an upload, verified (again from its first byte if the
     /// session is lost).
-    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource) -> Result<BlobOutcome> {
-        if self.has_blob(&desc.digest)? {
-            return Ok(BlobOutcome::Present);
+    fn put_base_blob(&mut self, desc: &Descriptor, source: &mut BlobSource, meter: &Meter) -> Result<BlobOutcome> {
+        if let Some(found) = self.find_blob(&desc.digest)? {
+            return Ok(found);
         }
         let first = self.repos[0].clone();
         if let Some((host, from)) = source.mount_point()
@@ -351,17 +356,18 @@ impl Sink for RegistrySink {
         {
             self.present.insert(desc.digest.clone());
             self.report.blobs_mounted.push(format!("{first}@{}", desc.digest));
-            return Ok(BlobOutcome::Mounted);
+            return Ok(BlobOutcome::Mounted(from.to_string()));
         }
         let digest = desc.digest.clone();
-        let mut open = || source.open(&digest);
+        let mut open =
+            || -> Result<Box<dyn std::io::Read + Send>> { Ok(Box::new(meter.reader(source.open(&digest)?))) };
         let RegistrySink { registry, chunk, chunked_refused, whole_refused, .. } = self;
         let refused = Refusals { chunked: chunked_refused, whole: whole_refused };
         copy_into(registry, &first, &desc.digest, desc.size, chunk, refused, &mut open)?;
         self.present.insert(desc.digest.clone());
         self.report.blobs_uploaded.push(desc.digest.to_string());
         self.report.bytes_uploaded += desc.size;
-        Ok(BlobOutcome::Copied)
+        Ok(BlobOutcome::Sent)
     }
 
     fn put_manifest_untagged(&mut self, manifest: &ManifestBlob) -> Result<()> {

@@ -12,11 +12,11 @@
 //!
 //! Map: [`process`] runs the binary in an isolated environment, [`http`] talks to servers directly,
 //! [`bases`] makes base images with umoci (busybox, merged-usr) and runs a private Docker engine,
-//! [`tls`] makes the test CA (and good or bad server certificates), [`registry`] starts registries and the
-//! token server, [`hostile`] plays a misbehaving registry (or proxy) and records what it was sent,
-//! [`peers`] wraps skopeo and umoci, [`context`] builds a build context full of edge cases, [`tree`]
-//! compares directory trees and [`results`] reads back what the binary printed (`REF@DIGEST` lines,
-//! digests, JSON).
+//! [`tls`] makes the test CA (and good or bad server certificates), [`registry`] starts registries and the token server, [`hostile`] plays a
+//! misbehaving registry (or proxy) and records what it was sent, [`peers`] wraps skopeo and umoci,
+//! [`context`] builds a build context full of edge cases, [`tree`] compares directory trees,
+//! [`results`] reads back what the binary printed (`REF@DIGEST` lines, digests, JSON) and [`terminal`]
+//! runs the binary on a pseudo-terminal and replays what it drew there.
 
 // Each test file uses a different subset of the fixtures.
 #![allow(dead_code)]
@@ -31,6 +31,7 @@ pub mod peers;
 pub mod process;
 pub mod registry;
 pub mod results;
+pub mod terminal;
 pub mod tls;
 pub mod tree;
 
@@ -73,6 +74,8 @@ pub use results::{
     assert_clean_error, assert_digest, assert_no_secret, assert_one_line_error, build_digest, built_lines, json_result,
     pushed_digest, pushed_lines, read_json, sha256_digest, strings,
 };
+#[allow(unused_imports)]
+pub use terminal::{Terminal, replay};
 #[allow(unused_imports)]
 pub use tls::{LOOPBACK_NAMES, ServerCert, TEST_CA_NAME, TestCa, certificate_fingerprint, certificate_validity};
 #[allow(unused_imports)]
