@@ -40,18 +40,12 @@ pub struct Plan {
 pub struct Built {
     pub manifest: ManifestBlob,
     pub config_digest: Digest,
-    pub config_size: u64,
+    /// The config blob, as stored.
+    pub config: Vec<u8>,
     /// The last of our layers (the whole context without `--layer`).
     pub layer: LayerDigests,
     /// Every layer we wrote, in image order (after the base's).
     pub layers: Vec<LayerDigests>,
-}
-
-impl Built {
-    /// Manifest + config + layer bytes: what a registry stores for this image.
-    pub fn total_size(&self) -> u64 {
-        self.manifest.bytes.len() as u64 + self.config_size + self.layers.iter().map(|l| l.size).sum::<u64>()
-    }
 }
 
 /// What the layer writer tells the pipeline: special files the walk left out (collected, to be reported
@@ -332,8 +326,8 @@ pub fn run(
     progress: &mut Progress,
     cache: Option<&LayerCache>,
 ) -> Result<Built> {
-    let (image, config_bytes) = build_image(plan, base, sink, progress, cache, &mut Layers(None))?;
-    let manifest = store_image(sink, &config_bytes, &image.config_digest, image.manifest.clone(), names, progress)?;
+    let image = build_image(plan, base, sink, progress, cache, &mut Layers(None))?;
+    let manifest = store_image(sink, &image.config, &image.config_digest, image.manifest.clone(), names, progress)?;
     Ok(Built { manifest, ..image })
 }
 
@@ -405,8 +399,8 @@ pub fn run_index(
             plan.image.platform = Some(item.platform.clone());
         }
         progress.note(&format!("platform {}", item.platform));
-        let (image, config_bytes) = build_image(&plan, item.base, sink, progress, cache, &mut done)?;
-        put_config(sink, &config_bytes, &image.config_digest, progress)?;
+        let image = build_image(&plan, item.base, sink, progress, cache, &mut done)?;
+        put_config(sink, &image.config, &image.config_digest, progress)?;
         put_untagged(sink, &image.manifest, progress)?;
         let mut desc = Descriptor::new(
             image.manifest.media_type.as_str(),
@@ -435,8 +429,7 @@ pub fn run_index(
     Ok(BuiltIndex { index, images: built })
 }
 
-/// Stores `plan`'s base blobs and layers and returns the image (manifest not yet stored) and its config
-/// bytes.
+/// Stores `plan`'s base blobs and layers and returns the image (config and manifest not yet stored).
 fn build_image(
     plan: &Plan,
     base: Option<&mut Base>,
@@ -444,7 +437,7 @@ fn build_image(
     progress: &mut Progress,
     cache: Option<&LayerCache>,
     done: &mut Layers,
-) -> Result<(Built, Vec<u8>)> {
+) -> Result<Built> {
     let mut base = base;
     let mut with_base;
     let mut plan = plan;
@@ -539,8 +532,7 @@ fn build_image(
         ManifestBlob { digest: Digest::of(&bytes), bytes, media_type: manifest.media_type, platform: Some(platform) };
     let config_digest = manifest.config.digest;
     let layer = ours.last().cloned().ok_or_else(|| Error::Context("the context gave no layer".into()))?;
-    let config_size = config_bytes.len() as u64;
-    Ok((Built { config_digest, config_size, manifest: blob, layer, layers: ours }, config_bytes))
+    Ok(Built { config_digest, config: config_bytes, manifest: blob, layer, layers: ours })
 }
 
 /// Puts every blob of the base into the sink. Foreign (non-distributable) layers are not in any registry

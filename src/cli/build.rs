@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use super::output::{self, Names, ResultFiles, Spelling, Top, Written};
 use super::{BuildArgs, ImageFlags, RegistryFlags, store_dir};
 use crate::error::{Error, Result};
 use crate::layout::{LayoutSink, TarSink};
-use crate::pipeline::{self, Built, Plan};
+use crate::pipeline::{self, Plan};
 use crate::progress::Progress;
 use crate::reference::{Reference, sanitize_repository_component};
 use crate::sink::Sink;
@@ -22,7 +23,7 @@ use crate::walk::{Context, Kind};
 
 pub fn run(args: BuildArgs) -> Result<()> {
     // Validate every flag before reading anything.
-    let json = args.json()?;
+    let format = args.format()?;
     let image = args.image_options()?;
     let layer = args.layer_options()?;
     let split = args.split()?;
@@ -39,7 +40,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from(".")),
     };
     let names = names_for(&args.tag, &context_dir)?;
-    check_digest_file(args.digest_file.as_deref())?;
+    let files = ResultFiles { digest: args.digest_file.as_deref(), image_refs: args.image_refs.as_deref() };
+    files.check()?;
     if args.oci_layout.is_some() && args.tar.is_some() {
         return Err(Error::usage("--oci-layout and --tar are exclusive: build twice to get both"));
     }
@@ -72,7 +74,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     // Every context opened before the output is created: a missing directory leaves nothing behind.
     let items =
         if multi { Some(super::platform_images(&plan, &list, args.context.as_deref(), &mut bases)?) } else { None };
-    let (output, mut sink): (PathBuf, Box<dyn Sink>) = if let Some(dir) = &args.oci_layout {
+    let (dest, mut sink): (PathBuf, Box<dyn Sink>) = if let Some(dir) = &args.oci_layout {
         (dir.clone(), Box::new(LayoutSink::create(dir)?))
     } else if let Some(file) = &args.tar {
         (file.clone(), Box::new(TarSink::create(file)?))
@@ -82,54 +84,21 @@ pub fn run(args: BuildArgs) -> Result<()> {
     };
     // A tar is written whole each time: the layer cache cannot skip anything there.
     let cache = if args.tar.is_some() { None } else { cache };
-    if let Some(items) = items {
-        let built =
-            pipeline::run_index(items, &plan.image.index_annotations, sink.as_mut(), &names, &mut progress, cache)?;
-        return report_index(&built, &names, &output, json, args.digest_file.as_deref());
-    }
-    let base = bases.first_mut().and_then(Option::as_mut);
-    let built = pipeline::run(&plan, base, sink.as_mut(), &names, &mut progress, cache)?;
-    report(&built, &names, &output, json, args.digest_file.as_deref())
-}
-
-/// Prints a multi-platform build's result: one line per tag naming the index, or JSON with each platform.
-fn report_index(
-    built: &pipeline::BuiltIndex,
-    names: &[Reference],
-    output: &Path,
-    json: bool,
-    digest_file: Option<&Path>,
-) -> Result<()> {
-    let digest = &built.index.digest;
-    write_digest_file(digest_file, digest)?;
-    // Every blob once: platforms share layers.
-    let mut blobs: std::collections::BTreeMap<&crate::digest::Digest, u64> = Default::default();
-    for image in &built.images {
-        blobs.insert(&image.manifest.digest, image.manifest.bytes.len() as u64);
-        blobs.insert(&image.config_digest, image.config_size);
-        for l in &image.layers {
-            blobs.insert(&l.digest, l.size);
+    let (top, images) = match items {
+        Some(items) => {
+            let built =
+                pipeline::run_index(items, &plan.image.index_annotations, sink.as_mut(), &names, &mut progress, cache)?;
+            (built.index, built.images)
         }
-    }
-    let total: u64 = built.index.bytes.len() as u64 + blobs.values().sum::<u64>();
-    if json {
-        let value = json!({
-            "name": names.first().map(|n| n.familiar_name()),
-            "tags": names.iter().map(|n| n.familiar_name()).collect::<Vec<_>>(),
-            "digest": digest,
-            "mediaType": built.index.media_type,
-            "size": built.index.bytes.len(),
-            "platforms": super::platforms_json(&built.images),
-            "total_size": total,
-            "output": output,
-        });
-        println!("{value}");
-    } else {
-        for name in names {
-            println!("{}@{digest} {total}", name.familiar_name());
+        None => {
+            let base = bases.first_mut().and_then(Option::as_mut);
+            let built = pipeline::run(&plan, base, sink.as_mut(), &names, &mut progress, cache)?;
+            (built.manifest.clone(), vec![built])
         }
-    }
-    Ok(())
+    };
+    let top = Top { digest: &top.digest, media_type: &top.media_type, bytes: &top.bytes };
+    let names = Names::new(&names, top.digest, Spelling::Familiar);
+    output::finish(format, &files, &names, top, &mut Written(&images), &json!({ "output": dest }))
 }
 
 /// `-t` values, or the context directory's sanitised name with `:latest`.
@@ -153,28 +122,6 @@ pub(super) fn tag_name(t: &str) -> Result<Reference> {
         });
     }
     Ok(r)
-}
-
-/// Writes the digest to `--digest-file` (a new file renamed into place: a link planted there is replaced).
-pub(super) fn write_digest_file(path: Option<&Path>, digest: &crate::digest::Digest) -> Result<()> {
-    match path {
-        Some(path) => crate::atomic::write(path, format!("{digest}\n").as_bytes(), 0o644),
-        None => Ok(()),
-    }
-}
-
-/// Fails early when `--digest-file` cannot be written, so no image is stored before the error.
-pub(super) fn check_digest_file(path: Option<&Path>) -> Result<()> {
-    let Some(path) = path else { return Ok(()) };
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        return Err(Error::usage(format!(
-            "--digest-file {}: directory {} does not exist",
-            path.display(),
-            parent.display()
-        )));
-    }
-    Ok(())
 }
 
 /// The context directory's base name as a repository component ("My App" -> "my-app").
@@ -211,38 +158,4 @@ fn list(context: &Context, split: &crate::walk::Split, prefix: &str) -> Result<(
         })?;
     }
     out.flush().map_err(|e| Error::io("stdout", "write", e))
-}
-
-/// Prints the result (text or JSON) and writes the digest file.
-pub(super) fn report(
-    built: &Built,
-    names: &[Reference],
-    output: &Path,
-    json: bool,
-    digest_file: Option<&Path>,
-) -> Result<()> {
-    let digest = &built.manifest.digest;
-    write_digest_file(digest_file, digest)?;
-    if json {
-        let value = json!({
-            "name": names.first().map(|n| n.familiar_name()),
-            "tags": names.iter().map(|n| n.familiar_name()).collect::<Vec<_>>(),
-            "digest": digest,
-            "size": built.manifest.bytes.len(),
-            "config_digest": built.config_digest,
-            "config_size": built.config_size,
-            "layers": built.layers.iter().map(|l| json!({"digest": l.digest, "size": l.size, "diff_id": l.diff_id})).collect::<Vec<_>>(),
-            "layer_digest": built.layer.digest,
-            "layer_size": built.layer.size,
-            "diff_id": built.layer.diff_id,
-            "total_size": built.total_size(),
-            "output": output,
-        });
-        println!("{value}");
-    } else {
-        for name in names {
-            println!("{}@{digest} {}", name.familiar_name(), built.total_size());
-        }
-    }
-    Ok(())
 }

@@ -3,8 +3,9 @@
 //! argh has no flattening, so the image flags that `build` and `push` share are declared once in the
 //! `with_image_flags!` macro and expanded into both commands' structs; [`ImageFlags`] turns them into the
 //! pipeline's options with every value validated before any work starts. Each command module parses
-//! names and paths, picks a sink, runs the pipeline and prints the result: stdout carries only results,
-//! stderr carries progress, so `docker-idpb build -q` prints nothing but the reference.
+//! names and paths, picks a sink, runs the pipeline and prints the result through `output`, the one
+//! vocabulary `build`, `push` and `inspect` share: stdout carries only results, stderr carries progress,
+//! so `docker-idpb build -q` prints nothing but the references.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ mod credential;
 pub mod help;
 mod inspect;
 mod login;
+mod output;
 mod push;
 mod store;
 mod trust;
@@ -120,6 +122,10 @@ macro_rules! with_image_flags {
             /// write the manifest digest to this file
             #[argh(option, arg_name = "FILE")]
             pub digest_file: Option<PathBuf>,
+            /// write REF@sha256:DIGEST per tag to this file (what the text output prints), e.g. for
+            /// kubectl or a deploy step
+            #[argh(option, arg_name = "FILE")]
+            pub image_refs: Option<PathBuf>,
             /// output format: text (default) or json
             #[argh(option, default = "String::from(\"text\")", arg_name = "FORMAT")]
             pub format: String,
@@ -739,13 +745,9 @@ pub trait ImageFlags {
         }
     }
 
-    /// Whether `--format json` was asked for.
-    fn json(&self) -> Result<bool> {
-        match self.image_flags().format {
-            "text" => Ok(false),
-            "json" => Ok(true),
-            other => Err(Error::usage(format!("invalid --format {other:?}: use text or json"))),
-        }
+    /// `--format`, validated.
+    fn format(&self) -> Result<output::Format> {
+        output::Format::parse(self.image_flags().format)
     }
 }
 
@@ -864,23 +866,6 @@ pub(crate) fn platform_images<'a>(
         items.push(crate::pipeline::PlatformImage { platform: platform.clone(), plan, base: base.as_mut() });
     }
     Ok(items)
-}
-
-/// Each platform's image, for `--format json`.
-pub(crate) fn platforms_json(images: &[crate::pipeline::Built]) -> serde_json::Value {
-    serde_json::Value::Array(
-        images
-            .iter()
-            .map(|b| {
-                serde_json::json!({
-                    "platform": b.manifest.platform.as_ref().map(|p| p.to_string()),
-                    "digest": b.manifest.digest,
-                    "config_digest": b.config_digest,
-                    "layers": b.layers.iter().map(|l| serde_json::json!({"digest": l.digest, "size": l.size, "diff_id": l.diff_id})).collect::<Vec<_>>(),
-                })
-            })
-            .collect(),
-    )
 }
 
 /// The Docker CLI plugin metadata, printed for `docker-cli-plugin-metadata`.

@@ -7,8 +7,10 @@
 
 use serde_json::json;
 
-use super::build::{check_digest_file, default_base_name, tag_name, write_digest_file};
+use super::build::{default_base_name, tag_name};
+use super::output::{self, BlobSource, Names, ResultFiles, Spelling, Top, Written};
 use super::{ImageFlags, PushArgs, RegistryFlags, parse_size, store_dir};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::pipeline::{self, Plan};
@@ -27,7 +29,7 @@ enum Source {
 }
 
 pub fn run(args: PushArgs) -> Result<()> {
-    let json = args.json()?;
+    let format = args.format()?;
     let mut connect = args.connect_options()?;
     connect.quiet = args.quiet;
     let chunk = match &args.chunk_size {
@@ -48,7 +50,8 @@ pub fn run(args: PushArgs) -> Result<()> {
     let multi = super::is_multi_platform(&targets);
     let (mut source, default_name) = source(&args, &targets)?;
     let names = target_names(&args.tag, default_name.as_deref())?;
-    check_digest_file(args.digest_file.as_deref())?;
+    let files = ResultFiles { digest: args.digest_file.as_deref(), image_refs: args.image_refs.as_deref() };
+    files.check()?;
     let mut progress = Progress::new(args.quiet);
     if let Source::Context(plan) = &mut source {
         args.add_provenance(&mut plan.image, plan.context.root(), &mut progress);
@@ -93,90 +96,60 @@ pub fn run(args: PushArgs) -> Result<()> {
             let items = super::platform_images(plan, &list, args.context.as_deref(), &mut bases)?;
             let built =
                 pipeline::run_index(items, &plan.image.index_annotations, sink, &names, &mut progress, cache.as_ref())?;
-            Ok((built.index, Pushed::Index(built.images)))
+            Ok((built.index, Pushed::Built(built.images)))
         }
         _ => {
             push_into(&source, bases.first_mut().and_then(Option::as_mut), sink, &names, &mut progress, cache.as_ref())
         }
     });
-    let (manifest, built) = result?;
+    let (manifest, mut built) = result?;
 
-    let digest = &manifest.digest;
-    write_digest_file(args.digest_file.as_deref(), digest)?;
     let report = PushReport::merged(sinks.iter().map(|s| &s.report));
-    if json {
-        let mut value = json!({
-            "name": names.first().map(|n| n.to_string()),
-            "tags": names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "references": names.iter().map(|n| format!("{}@{digest}", n.repo_name())).collect::<Vec<_>>(),
-            "digest": digest,
-            "size": manifest.bytes.len(),
-            "sent": report,
-        });
-        if let Pushed::Index(images) = &built {
-            value["mediaType"] = json!(manifest.media_type);
-            value["platforms"] = super::platforms_json(images);
-        }
-        if matches!(built, Pushed::Copied) && manifest.media_type.is_index() {
-            // An index from a layout or the store: each platform's manifest as the index names it.
-            let index: crate::image::Index = serde_json::from_slice(&manifest.bytes)
-                .map_err(|e| Error::Layout(format!("cannot read back the index: {e}")))?;
-            value["mediaType"] = json!(manifest.media_type);
-            value["platforms"] = json!(
-                index
-                    .manifests
-                    .iter()
-                    .map(|d| json!({"platform": d.platform.as_ref().map(|p| p.to_string()), "digest": d.digest}))
-                    .collect::<Vec<_>>()
-            );
-        }
-        if let Pushed::Image(b) = built {
-            value["config_digest"] = json!(b.config_digest);
-            value["layers"] = json!(
-                b.layers
-                    .iter()
-                    .map(|l| json!({"digest": l.digest, "size": l.size, "diff_id": l.diff_id}))
-                    .collect::<Vec<_>>()
-            );
-            value["layer_digest"] = json!(b.layer.digest);
-            value["layer_size"] = json!(b.layer.size);
-            value["diff_id"] = json!(b.layer.diff_id);
-            value["total_size"] = json!(b.total_size());
-        }
-        println!("{value}");
-    } else {
-        for n in &names {
-            println!("{n}@{digest}");
-        }
-    }
-    Ok(())
+    let top = Top { digest: &manifest.digest, media_type: &manifest.media_type, bytes: &manifest.bytes };
+    let names = Names::new(&names, top.digest, Spelling::Full);
+    output::finish(format, &files, &names, top, &mut built, &json!({ "sent": report }))
 }
 
-fn push_into(
-    source: &Source,
+fn push_into<'a>(
+    source: &'a Source,
     base: Option<&mut crate::base::Base>,
     sink: &mut dyn Sink,
     names: &[Reference],
     progress: &mut Progress,
     cache: Option<&crate::cache::LayerCache>,
-) -> Result<(ManifestBlob, Pushed)> {
+) -> Result<(ManifestBlob, Pushed<'a>)> {
     match source {
         Source::Context(plan) => {
             let built = pipeline::run(plan, base, sink, names, progress, cache)?;
-            Ok((built.manifest.clone(), Pushed::Image(Box::new(built))))
+            Ok((built.manifest.clone(), Pushed::Built(vec![built])))
         }
         Source::Layout { layout, name } => {
             let desc = layout.find(name.as_deref())?;
-            Ok((pipeline::copy_from_layout(layout, &desc, sink, names, progress)?, Pushed::Copied))
+            Ok((pipeline::copy_from_layout(layout, &desc, sink, names, progress)?, Pushed::Copied(layout)))
         }
     }
 }
 
-/// What a push built, for its report.
-enum Pushed {
-    Image(Box<pipeline::Built>),
-    Index(Vec<pipeline::Built>),
-    Copied,
+/// What a push built, or the layout it copied from: where its result is described from.
+enum Pushed<'a> {
+    Built(Vec<pipeline::Built>),
+    Copied(&'a Layout),
+}
+
+impl BlobSource for Pushed<'_> {
+    fn manifest(&mut self, digest: &Digest) -> Result<Vec<u8>> {
+        match self {
+            Pushed::Built(images) => Written(images).manifest(digest),
+            Pushed::Copied(layout) => layout.read_blob(digest),
+        }
+    }
+
+    fn config(&mut self, digest: &Digest) -> Result<Vec<u8>> {
+        match self {
+            Pushed::Built(images) => Written(images).config(digest),
+            Pushed::Copied(layout) => layout.read_blob(digest),
+        }
+    }
 }
 
 /// The image source, and the repository name to use when no `-t` is given.
