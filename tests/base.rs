@@ -210,10 +210,10 @@ fn push_on_same_registry_mounts_base_and_runs_under_docker() {
     assert_eq!(strings(&sent["blobs_mounted"]), [format!("ns/app@{base_layer_digest}")], "{result}");
     let manifest = skopeo_inspect_raw(&registry, "ns/app:1");
     let config_digest = str_of(&manifest["config"]["digest"]);
-    let layer_digest = str_of(&result["layer_digest"]);
+    let layer_digest = str_of(&last_layer(&result)["digest"]);
     let uploaded: BTreeSet<String> = strings(&sent["blobs_uploaded"]).into_iter().collect();
     assert_eq!(uploaded, BTreeSet::from([layer_digest.clone(), config_digest.clone()]), "{result}");
-    let expected_bytes = result["layer_size"].as_u64().unwrap() + manifest["config"]["size"].as_u64().unwrap();
+    let expected_bytes = last_layer(&result)["size"].as_u64().unwrap() + manifest["config"]["size"].as_u64().unwrap();
     assert_eq!(sent["bytes_uploaded"].as_u64(), Some(expected_bytes), "our layer and config only: {result}");
     assert!(expected_bytes < base_layer["size"].as_u64().unwrap() / 10, "{result}");
     let log: Vec<AccessLogEntry> = registry.requests().split_off(requests_before);
@@ -249,7 +249,7 @@ fn push_on_same_registry_mounts_base_and_runs_under_docker() {
     assert_eq!(manifest["annotations"][BASE_DIGEST], json!(base_digest), "{manifest}");
 
     let config = skopeo_inspect_config(&registry, "ns/app:1");
-    assert_config_on_base(&config, &base_config, &str_of(&result["diff_id"]));
+    assert_config_on_base(&config, &base_config, &str_of(&last_layer(&result)["diff_id"]));
 
     // skopeo pulls it, umoci unpacks the base's files plus ours.
     let pulled = tmp.join("pulled");
@@ -300,11 +300,11 @@ fn push_on_docker_schema2_base_keeps_docker_media_types() {
     assert_eq!(layers.len(), 2, "{manifest}");
     assert_eq!(layers[0], base_layer, "the base layer descriptor is copied exactly: {manifest}");
     assert_eq!(layers[1]["mediaType"], LAYER_DOCKER, "our layer gets the Docker media type: {manifest}");
-    assert_eq!(layers[1]["digest"], result["layer_digest"], "{manifest}");
+    assert_eq!(layers[1]["digest"], last_layer(&result)["digest"], "{manifest}");
     assert_eq!(manifest["annotations"][BASE_NAME], json!(base_ref), "{manifest}");
 
     let config = skopeo_inspect_config(&registry, "ns/app:v2");
-    assert_config_on_base(&config, &base_config, &str_of(&result["diff_id"]));
+    assert_config_on_base(&config, &base_config, &str_of(&last_layer(&result)["diff_id"]));
     let pulled = tmp.join("pulled");
     skopeo_copy_to_oci(&registry, "ns/app:v2", &pulled, "app");
     let rootfs = unpack(&pulled, "app", &tmp, "pulled");
@@ -342,12 +342,13 @@ fn push_to_second_registry_streams_base_blobs() {
     let manifest = skopeo_inspect_raw(&target_registry, "ns/app:1");
     let uploaded: BTreeSet<String> = strings(&sent["blobs_uploaded"]).into_iter().collect();
     let expected: BTreeSet<String> =
-        [&base_layer_digest, &str_of(&result["layer_digest"]), &str_of(&manifest["config"]["digest"])]
+        [&base_layer_digest, &str_of(&last_layer(&result)["digest"]), &str_of(&manifest["config"]["digest"])]
             .into_iter()
             .cloned()
             .collect();
     assert_eq!(uploaded, expected, "{result}");
-    let bytes = base_layer_size + result["layer_size"].as_u64().unwrap() + manifest["config"]["size"].as_u64().unwrap();
+    let bytes =
+        base_layer_size + last_layer(&result)["size"].as_u64().unwrap() + manifest["config"]["size"].as_u64().unwrap();
     assert_eq!(sent["bytes_uploaded"].as_u64(), Some(bytes), "{result}");
     // Read once from the base registry, stored once in the target; nothing written to the base registry.
     let reads = source.requests();
@@ -370,7 +371,7 @@ fn push_to_second_registry_streams_base_blobs() {
     assert_eq!(manifest["annotations"][BASE_NAME], json!(base_ref), "{manifest}");
     assert_eq!(manifest["annotations"][BASE_DIGEST], json!(base_digest), "{manifest}");
     let config = skopeo_inspect_config(&target_registry, "ns/app:1");
-    assert_config_on_base(&config, &base_config, &str_of(&result["diff_id"]));
+    assert_config_on_base(&config, &base_config, &str_of(&last_layer(&result)["diff_id"]));
     let pulled = tmp.join("pulled");
     skopeo_copy_to_oci(&target_registry, "ns/app:1", &pulled, "app");
     let rootfs = unpack(&pulled, "app", &tmp, "pulled");

@@ -326,12 +326,12 @@ fn skopeo_shows_every_image_flag() {
     assert_eq!(c["Labels"], serde_json::json!({"org.example.team": "platform", "empty": ""}), "{config}");
     assert_eq!(c["ExposedPorts"], serde_json::json!({"8080/tcp": {}, "53/udp": {}}), "{config}");
     assert_eq!(config["rootfs"]["type"], "layers");
-    assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([result["diff_id"]]), "{config}");
+    assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([result["layers"][0]["diff_id"]]), "{config}");
 
     let manifest = skopeo_inspect_layout_raw(&layout, "json");
     assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json", "{manifest}");
     assert_eq!(manifest["config"]["digest"], result["config_digest"], "{manifest}");
-    assert_eq!(manifest["layers"][0]["digest"], result["layer_digest"], "{manifest}");
+    assert_eq!(manifest["layers"][0]["digest"], result["layers"][0]["digest"], "{manifest}");
     assert_eq!(manifest["annotations"]["org.opencontainers.image.source"], "https://example.com/repo");
     assert_eq!(manifest["annotations"]["org.example.note"], "a b=c", "{manifest}");
     let entry = Layout::new(&layout).entry("json");
@@ -780,7 +780,8 @@ fn default_tag_quiet_digest_file_json_and_local_store() {
     let lines = built_lines(&loud);
     assert_eq!(lines.len(), 1, "{loud}");
     assert_eq!(lines[0].0, "my_app:latest", "the directory's name, lowercased: {loud}");
-    let (_, digest, total_size) = lines[0].clone();
+    let (_, digest) = lines[0].clone();
+    assert_eq!(loud.stdout, format!("my_app:latest@{digest}\n"), "the reference and nothing else: {loud}");
 
     let quiet = build(
         [
@@ -809,13 +810,14 @@ fn default_tag_quiet_digest_file_json_and_local_store() {
     let keys = [
         "name",
         "tags",
+        "references",
         "digest",
+        "mediaType",
         "size",
+        "platform",
         "config_digest",
         "config_size",
-        "layer_digest",
-        "layer_size",
-        "diff_id",
+        "layers",
         "total_size",
         "output",
     ];
@@ -823,10 +825,10 @@ fn default_tag_quiet_digest_file_json_and_local_store() {
         assert!(!result[key].is_null(), "{key} is in {result}");
     }
     assert_eq!(result["digest"], written.trim(), "{result}");
-    assert_eq!(result["name"], "my_app:latest");
-    assert_eq!(result["tags"], serde_json::json!(["my_app:latest"]));
+    assert_eq!(result["name"], "my_app");
+    assert_eq!(result["tags"], serde_json::json!(["latest"]));
+    assert_eq!(result["references"], serde_json::json!([format!("my_app:latest@{digest}")]));
     assert_eq!(result["output"], path_str(&layout));
-    assert_eq!(result["total_size"], total_size);
 
     // Every number in the JSON matches the layout.
     let l = Layout::new(&layout);
@@ -836,14 +838,16 @@ fn default_tag_quiet_digest_file_json_and_local_store() {
     assert_eq!(size(&result["size"]), manifest_bytes.len() as u64);
     assert_eq!(result["config_digest"], manifest["config"]["digest"]);
     assert_eq!(result["config_size"], manifest["config"]["size"]);
-    assert_eq!(result["layer_digest"], manifest["layers"][0]["digest"]);
-    assert_eq!(result["layer_size"], manifest["layers"][0]["size"]);
-    let layer = l.blob(result["layer_digest"].as_str().unwrap_or_default());
-    assert_eq!(size(&result["layer_size"]), layer.len() as u64);
-    assert_eq!(result["diff_id"], sha256_digest(&gunzip(&layer)));
+    let only_layer = &result["layers"][0];
+    assert_eq!(result["layers"].as_array().map(Vec::len), Some(1), "{result}");
+    assert_eq!(only_layer["digest"], manifest["layers"][0]["digest"]);
+    assert_eq!(only_layer["size"], manifest["layers"][0]["size"]);
+    let layer = l.blob(only_layer["digest"].as_str().unwrap_or_default());
+    assert_eq!(size(&only_layer["size"]), layer.len() as u64);
+    assert_eq!(only_layer["diff_id"], sha256_digest(&gunzip(&layer)));
     assert_eq!(
         size(&result["total_size"]),
-        size(&result["size"]) + size(&result["config_size"]) + size(&result["layer_size"])
+        size(&result["size"]) + size(&result["config_size"]) + size(&only_layer["size"])
     );
 
     // With no output flag and no context argument: `.`, named after the directory, into $IDPB_HOME.
@@ -856,7 +860,7 @@ fn default_tag_quiet_digest_file_json_and_local_store() {
     assert_eq!(entry["annotations"]["io.containerd.image.name"], "docker.io/library/my_app:latest");
     assert_eq!(entry["digest"], digest.as_str());
     let config = skopeo_inspect_layout_config(&store, "latest");
-    assert_eq!(config["rootfs"]["diff_ids"][0], result["diff_id"]);
+    assert_eq!(config["rootfs"]["diff_ids"][0], result["layers"][0]["diff_id"]);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ fn layout_blobs_that_are_symlinks_or_do_not_match_are_never_pushed() {
             &[],
         );
         let built = json_result(&built);
-        let layer = built["layer_digest"].as_str().unwrap_or_default().to_string();
+        let layer = last_layer(&built)["digest"].as_str().unwrap_or_default().to_string();
         let blob = layout.join("blobs/sha256").join(&layer["sha256:".len()..]);
         let original = fs::read(&blob).expect("blob");
         fs::remove_file(&blob).expect("remove");

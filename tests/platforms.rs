@@ -237,7 +237,7 @@ fn a_multi_platform_layout_pushes_whole_and_inspect_shows_each_platform() {
     cmd.args(["inspect", &target, "--format", "json", "-q"]);
     let shown = json_result(&cmd.run());
     let platforms: Vec<&str> =
-        shown["manifests"].as_array().into_iter().flatten().filter_map(|m| m["platform"].as_str()).collect();
+        shown["platforms"].as_array().into_iter().flatten().filter_map(|m| m["platform"].as_str()).collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"], "{shown}");
 }
 

@@ -934,17 +934,26 @@ fn registry_commands(mode: RegistryMode) {
     let reference = registry.reference("ns/app:1");
     let shown = parse_json(&read_command(&registry, &["inspect", &reference, "--format", "json"]));
     assert_eq!(shown["digest"], digests[0], "{shown}");
-    assert_eq!(shown["name"], reference, "{shown}");
+    assert_eq!(shown["name"], registry.reference("ns/app"), "the repository: {shown}");
+    assert_eq!(shown["tags"], json!(["1"]), "{shown}");
+    assert_eq!(shown["references"], json!([format!("{reference}@{}", digests[0])]), "{shown}");
     assert_eq!(shown["mediaType"], "application/vnd.oci.image.manifest.v1+json", "{shown}");
     assert_eq!(shown["platform"], format!("linux/{}", host_architecture()), "{shown}");
     assert_eq!(shown["config"]["Entrypoint"], json!(["/app/run", "--serve"]), "{shown}");
     assert!(strings(&shown["config"]["Env"]).contains(&"MODE=inspect".to_string()), "{shown}");
     assert_eq!(shown["config"]["Labels"], json!({"team": "x"}), "{shown}");
     let raw = skopeo_inspect_raw(&registry, "ns/app:1");
-    assert_eq!(shown["layers"], raw["layers"], "the layers as stored: {shown}");
-    let size = raw["config"]["size"].as_u64().unwrap_or(0)
+    let descriptor = |l: &Value| json!({"mediaType": l["mediaType"], "digest": l["digest"], "size": l["size"]});
+    let shown_layers: Vec<Value> = shown["layers"].as_array().into_iter().flatten().map(descriptor).collect();
+    let raw_layers: Vec<Value> = raw["layers"].as_array().into_iter().flatten().map(descriptor).collect();
+    assert_eq!(shown_layers, raw_layers, "the layers as stored: {shown}");
+    assert_eq!(shown["config_digest"], raw["config"]["digest"], "{shown}");
+    let raw_bytes = stored_manifest(&registry, "ns/app", "1");
+    assert_eq!(shown["size"], raw_bytes.len(), "the manifest's own size: {shown}");
+    let total = raw_bytes.len() as u64
+        + raw["config"]["size"].as_u64().unwrap_or(0)
         + raw["layers"].as_array().into_iter().flatten().filter_map(|l| l["size"].as_u64()).sum::<u64>();
-    assert_eq!(shown["size"], size, "{shown}");
+    assert_eq!(shown["total_size"], total, "{shown}");
     let by_digest = format!("{}@{}", registry.reference("ns/app"), digests[0]);
     let again = parse_json(&read_command(&registry, &["inspect", &by_digest, "--format", "json"]));
     assert_eq!(again["digest"], digests[0], "{again}");
@@ -989,9 +998,9 @@ fn registry_commands(mode: RegistryMode) {
         assert_eq!(shown["digest"], stored_digest(&registry, "ns/multi", tag).unwrap_or_default(), "{shown}");
         let raw = skopeo_inspect_raw(&registry, &format!("ns/multi:{tag}"));
         let platforms: Vec<&str> =
-            shown["manifests"].as_array().into_iter().flatten().filter_map(|m| m["platform"].as_str()).collect();
+            shown["platforms"].as_array().into_iter().flatten().filter_map(|m| m["platform"].as_str()).collect();
         assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"], "{shown}");
-        for (i, m) in shown["manifests"].as_array().into_iter().flatten().enumerate() {
+        for (i, m) in shown["platforms"].as_array().into_iter().flatten().enumerate() {
             assert_eq!(m["digest"], raw["manifests"][i]["digest"], "{shown}");
             assert_eq!(m["mediaType"], image_type, "{shown}");
             assert_eq!(m["config"]["Entrypoint"], json!(["/app/run", "--serve"]), "{shown}");

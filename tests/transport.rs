@@ -153,7 +153,7 @@ fn mounts_across_repositories_work_under_token_auth() {
     let result: serde_json::Value =
         serde_json::from_str(output.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {output}"));
     let (layer, config) =
-        (result["layer_digest"].as_str().unwrap_or(""), result["config_digest"].as_str().unwrap_or(""));
+        (last_layer(&result)["digest"].as_str().unwrap_or(""), result["config_digest"].as_str().unwrap_or(""));
     assert_digest(layer);
     assert_digest(config);
     assert_eq!(strings(&result["sent"]["blobs_uploaded"]).len(), 2, "layer and config, once: {result}");

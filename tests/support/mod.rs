@@ -67,12 +67,12 @@ pub use process::{
 #[allow(unused_imports)]
 pub use registry::{
     AccessLogEntry, MANIFEST_ACCEPT, Registry, RegistryMode, RegistryOptions, TOKEN_ISSUER, TOKEN_SERVICE,
-    stored_digest, tag_list,
+    stored_digest, stored_manifest, tag_list,
 };
 #[allow(unused_imports)]
 pub use results::{
     assert_clean_error, assert_digest, assert_no_secret, assert_one_line_error, build_digest, built_lines, json_result,
-    pushed_digest, pushed_lines, read_json, sha256_digest, strings,
+    last_layer, pushed_digest, pushed_lines, read_json, sha256_digest, strings,
 };
 #[allow(unused_imports)]
 pub use terminal::{Terminal, replay};

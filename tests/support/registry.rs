@@ -306,6 +306,14 @@ pub fn stored_digest(registry: &Registry, repo: &str, tag: &str) -> Option<Strin
     }
 }
 
+/// The manifest (or index) `registry` holds for `repo:reference` (a tag or a digest), its exact bytes.
+#[track_caller]
+pub fn stored_manifest(registry: &Registry, repo: &str, reference: &str) -> Vec<u8> {
+    let response = read_request(registry, "GET", &format!("/v2/{repo}/manifests/{reference}"), repo);
+    assert_eq!(response.status, 200, "GET {repo}:{reference}: {response:?}");
+    response.body
+}
+
 /// The tags of `repo` in `registry`, empty when the repository does not exist (404 `NAME_UNKNOWN`).
 pub fn tag_list(registry: &Registry, repo: &str) -> Vec<String> {
     let response = read_request(registry, "GET", &format!("/v2/{repo}/tags/list"), repo);

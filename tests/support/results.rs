@@ -52,20 +52,11 @@ pub fn pushed_digest(output: &Output, target: &str) -> String {
     lines[0].1.clone()
 }
 
-/// The `NAME@sha256:HEX SIZE` lines of a text-mode build, as (name, digest, size); panics on any other line.
+/// The `NAME:TAG@sha256:HEX` lines of a text-mode build (the same form as a push's), as (name, digest);
+/// panics on any other line.
 #[track_caller]
-pub fn built_lines(output: &Output) -> Vec<(String, String, u64)> {
-    output
-        .stdout
-        .lines()
-        .map(|line| {
-            let (reference, size) = line.split_once(' ').unwrap_or_else(|| panic!("no size in {line:?}: {output}"));
-            let (name, digest) = reference.split_once('@').unwrap_or_else(|| panic!("no digest in {line:?}"));
-            assert_digest(digest);
-            let size = size.parse().unwrap_or_else(|e| panic!("bad size in {line:?} ({e}): {output}"));
-            (name.to_string(), digest.to_string(), size)
-        })
-        .collect()
+pub fn built_lines(output: &Output) -> Vec<(String, String)> {
+    pushed_lines(output)
 }
 
 /// `docker-idpb build CONTEXT --oci-layout LAYOUT -t TAG EXTRA...` in an isolated environment plus `envs`:
@@ -100,6 +91,13 @@ pub fn strings(value: &serde_json::Value) -> Vec<String> {
 pub fn read_json(path: &Path) -> serde_json::Value {
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// The last entry of a JSON result's `layers`: the layer docker-idpb wrote from the context (after a
+/// base's layers; the rest of the context after any `--layer` ones).
+#[track_caller]
+pub fn last_layer(result: &serde_json::Value) -> &serde_json::Value {
+    result["layers"].as_array().and_then(|l| l.last()).unwrap_or_else(|| panic!("no layers: {result}"))
 }
 
 /// The `--format json` result of a successful command (its stdout, one JSON object).
