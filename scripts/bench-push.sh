@@ -89,8 +89,8 @@ run_idpb() {
     from=$(wc -l <"$reg/access.log")
     bench_time "$work/$name.times" "$work/$name.log" env IDPB_HOME="$home" "$idpb" "${args[@]}"
     json=$(idpb_json "$work/$name.log")
-    digest=$(jq -r .layer_digest <<<"$json")
-    jq -r .layer_size <<<"$json" >>"$work/$name.size"
+    digest=$(jq -r ".layers[-1].digest" <<<"$json")
+    jq -r ".layers[-1].size" <<<"$json" >>"$work/$name.size"
     [[ $(jq -r --arg d "$digest" '.sent.blobs_uploaded | index($d) != null' <<<"$json") == true ]] ||
         bench_die "$name: docker-idpb did not report uploading the layer: $json"
     check_cold "$name" "$from" "$digest"

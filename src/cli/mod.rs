@@ -119,7 +119,7 @@ macro_rules! with_image_flags {
             /// default when the context is in a git work tree)
             #[argh(switch)]
             pub no_vcs: bool,
-            /// write the manifest digest to this file
+            /// write the digest (of the manifest, or of the index) to this file
             #[argh(option, arg_name = "FILE")]
             pub digest_file: Option<PathBuf>,
             /// write REF@sha256:DIGEST per tag to this file (what the text output prints), e.g. for
