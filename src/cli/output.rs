@@ -206,8 +206,14 @@ pub fn print(
 ) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    write(&mut out, render, detail, names, top, source, extra)?;
-    out.flush().map_err(stdout_error)
+    match write(&mut out, render, detail, names, top, source, extra) {
+        Ok(()) => out.flush().map_err(stdout_error),
+        Err(e) => {
+            // What is still buffered is dropped: a failure leaves as little of a half-written result as it can.
+            drop(out.into_parts());
+            Err(e)
+        }
+    }
 }
 
 fn stdout_error(e: std::io::Error) -> Error {
@@ -279,7 +285,7 @@ pub fn write(
 }
 
 fn to_value<T: Serialize>(value: &T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| Error::protocol(format!("cannot encode the result: {e}")))
+    serde_json::to_value(value).map_err(|e| stdout_error(e.into()))
 }
 
 fn emit(out: &mut dyn Write, render: Render, value: &Value, indent: &str) -> Result<()> {
