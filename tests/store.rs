@@ -174,8 +174,8 @@ fn images_rm_prune_and_what_is_left_still_pushes() {
     let target = registry.reference("ns/multi:2");
     let output = idpb_in(&store, ["push", "--image", "app:1", "-t", &target, "-q"]);
     assert_clean_error(&output, 1, &["app:1", "it holds multi:2", "--image NAME:TAG", "docker-idpb images"]);
-    let output = idpb_in(&store, ["push", "-t", &registry.reference("ns/other:1"), "-q"]);
-    assert_clean_error(&output, 1, &["ns/other:1", "it holds multi:2", "--image NAME:TAG"]);
+    let output = idpb_in(&store, ["push", "--image", "other:1", "-t", &registry.reference("ns/other:1"), "-q"]);
+    assert_clean_error(&output, 1, &["other:1", "it holds multi:2", "--image NAME:TAG"]);
 
     // prune: exactly the blobs only app:1 reached, and the bytes it says.
     let pruned = json_result(&idpb_in(&store, ["prune", "--format", "json"]));

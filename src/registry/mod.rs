@@ -448,7 +448,7 @@ impl Registry {
                 .map_err(|e| Error::usage(format!("invalid registry host {host:?}: {e}")))?;
             reg.auth.set_origin(reg.base.origin().clone());
             let last = i + 1 == schemes.len();
-            match reg.ping(last, deadline) {
+            match reg.ping(last, deadline, transport == Transport::Http) {
                 Ok(()) => {
                     if transport == Transport::InsecureHttps {
                         let how =
@@ -473,13 +473,6 @@ impl Registry {
                 // A name that does not resolve will not resolve for another scheme either.
                 Err(e @ Error::Registry(_)) if !e.is_transient() && is_dns(&e) => return Err(e),
                 Err(e @ (Error::Cancelled | Error::Usage(_))) => return Err(e),
-                // A plain-HTTP request to a TLS port fails in many ways (a 400, a reset, garbage): ask the port.
-                Err(_) if transport == Transport::Http && crate::tls::diagnose::speaks_tls(host) => {
-                    return Err(Error::usage(format!(
-                        "{host} speaks TLS on this port, but --plain-http asks for plain HTTP; drop --plain-http (and \
-                         add --insecure if its certificate cannot be verified)"
-                    )));
-                }
                 // Verified HTTPS falls back only from a server that does not speak TLS at all.
                 Err(e) if transport == Transport::HttpsOrHttp && !is_plain_http(&e) => return Err(e),
                 Err(e) => last_err = Some(e),
@@ -507,7 +500,10 @@ impl Registry {
 
     /// `GET /v2/`: whether this scheme works, and which auth the registry wants. Busy answers (503...)
     /// are retried; transport errors only on the last scheme tried (on the first, they mean "try HTTP").
-    fn ping(&mut self, last_scheme: bool, deadline: Instant) -> Result<()> {
+    /// With `probe_tls` (`--plain-http`), a first answer that is not a registry's leads to one question:
+    /// does the port speak TLS? A plain-HTTP request to a TLS port fails in many ways (a 400, a reset,
+    /// garbage), none of them worth a retry.
+    fn ping(&mut self, last_scheme: bool, deadline: Instant, probe_tls: bool) -> Result<()> {
         let url = self.resolve("/v2/")?;
         let mut retrier = Retrier::start(&self.retry, &SystemClock, Some(deadline));
         let notices = self.notices.clone();
@@ -526,20 +522,22 @@ impl Registry {
                 .exchange
                 .run(call, exchange_deadline, &mut |_| None)
                 .map_err(|f| failure_error(&self.host, "contacting the registry", "GET", url.path(), f));
+            let registry_like = matches!(&result, Ok(a) if (200..300).contains(&a.status) || a.status == 401);
+            if probe_tls && retrier.attempt() == 1 && !registry_like && !matches!(result, Err(Error::Cancelled)) {
+                let limit = deadline.saturating_duration_since(Instant::now());
+                if crate::tls::diagnose::speaks_tls(&self.host, limit) {
+                    return Err(Error::usage(format!(
+                        "{} speaks TLS on this port, but --plain-http asks for plain HTTP; drop --plain-http (and \
+                         add --insecure if its certificate cannot be verified)",
+                        self.host
+                    )));
+                }
+            }
             let step = match &result {
                 Ok(a) if transient_status(a.status) => {
                     Some((format!("{} answered {}", self.host, a.status), retry_after(&a.headers)))
                 }
-                // Plain HTTP to a TLS port is not a flaky network: no retries (connect says what it is).
-                Err(e)
-                    if e.is_transient()
-                        && last_scheme
-                        && !(!url.is_https()
-                            && retrier.attempt() == 1
-                            && crate::tls::diagnose::speaks_tls(&self.host)) =>
-                {
-                    Some((e.to_string(), None))
-                }
+                Err(e) if e.is_transient() && last_scheme => Some((e.to_string(), None)),
                 _ => None,
             };
             let Some((reason, after)) = step else { break result };

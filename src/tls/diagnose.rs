@@ -27,7 +27,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The one line for a TLS failure with `host` (`name[:port]`).
 pub fn describe(host: &str, err: &rustls::Error) -> String {
     match err {
-        rustls::Error::InvalidCertificate(c) => certificate(host, c, peer_chain(host).as_deref()),
+        rustls::Error::InvalidCertificate(c) => certificate(host, c, peer_chain(host, PROBE_TIMEOUT).as_deref()),
         rustls::Error::AlertReceived(alert) => {
             let what = words(&format!("{alert:?}"));
             match alert {
@@ -201,13 +201,15 @@ fn words(s: &str) -> String {
 
 /// Whether `host` answers a TLS handshake (it presented a certificate): to tell a user who asked for plain
 /// HTTP that the port speaks TLS.
-pub fn speaks_tls(host: &str) -> bool {
-    peer_chain(host).is_some()
+pub fn speaks_tls(host: &str, limit: Duration) -> bool {
+    peer_chain(host, limit.min(PROBE_TIMEOUT)).is_some()
 }
 
 /// The certificates `host` presents, leaf first, read by a handshake that stops after the server's
-/// Certificate message. None when the server cannot be reached or presents nothing readable.
-fn peer_chain(host: &str) -> Option<Vec<CertInfo>> {
+/// Certificate message, within `limit` in all. None when the server cannot be reached or presents nothing
+/// readable in time.
+fn peer_chain(host: &str, limit: Duration) -> Option<Vec<CertInfo>> {
+    let deadline = std::time::Instant::now() + limit;
     let name = host_name(host);
     let port = if host.starts_with('[') {
         host.rsplit_once("]:").and_then(|(_, p)| p.parse().ok()).unwrap_or(443)
@@ -216,9 +218,8 @@ fn peer_chain(host: &str) -> Option<Vec<CertInfo>> {
     };
     let server_name = ServerName::try_from(name.to_string()).ok()?;
     let addr = (name, port).to_socket_addrs().ok()?.next()?;
-    let mut sock = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).ok()?;
-    sock.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
-    sock.set_write_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    let left = || deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero());
+    let mut sock = TcpStream::connect_timeout(&addr, left()?).ok()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let recorder = Arc::new(Recorder { provider: provider.clone(), chain: Mutex::new(Vec::new()) });
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -229,7 +230,13 @@ fn peer_chain(host: &str) -> Option<Vec<CertInfo>> {
         .with_no_client_auth();
     let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).ok()?;
     while conn.is_handshaking() {
+        // Each read and write may take only what is left of the limit: a server that trickles cannot
+        // stretch the probe.
+        let Some(left) = left() else { break };
+        sock.set_read_timeout(Some(left)).ok()?;
+        sock.set_write_timeout(Some(left)).ok()?;
         match conn.complete_io(&mut sock) {
+            Ok((0, 0)) => break, // the server closed the connection
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => break,
