@@ -54,6 +54,9 @@ impl Provenance {
         for (key, value) in pairs {
             image.labels.entry(key.to_string()).or_insert_with(|| value.clone());
             image.annotations.entry(key.to_string()).or_insert_with(|| value.clone());
+            // On the index too (when there is one): registries such as GHCR read a multi-platform image's
+            // source from its index.
+            image.index_annotations.entry(key.to_string()).or_insert_with(|| value.clone());
         }
     }
 }

@@ -168,6 +168,14 @@ fn a_plain_repository_gives_the_stripped_origin_and_the_head_commit() {
     // A subdirectory of the work tree is in the same repository.
     build(&repo.join("app/sub"), &tmp.join("sub"), &[]);
     assert_eq!(layout_provenance(&tmp.join("sub")), (Some(STRIPPED.into()), Some(git.head(&repo))));
+    // A multi-platform image carries the keys on its index as well as on each manifest.
+    build(&repo.join("app"), &tmp.join("multi"), &["--platform", "linux/amd64,linux/arm64"]);
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(tmp.join("multi/index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let image_index: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.join("multi/blobs/sha256").join(digest)).unwrap()).unwrap();
+    assert_eq!(image_index["annotations"]["org.opencontainers.image.source"], STRIPPED, "{image_index}");
+    assert_eq!(image_index["annotations"]["org.opencontainers.image.revision"], git.head(&repo), "{image_index}");
 }
 
 #[test]
