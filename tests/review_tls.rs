@@ -409,3 +409,75 @@ fn a_fetched_cluster_ca_never_falls_back_to_plain_http() {
     assert!(!output.stderr.contains("over plain HTTP"), "{output}");
     assert_ne!(output.code, Some(0), "{output}");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// A redirect to another loopback port.
+
+/// An HTTPS server (python's ssl) serving `cert` that answers every GET with a 307 to `location` + path.
+struct Redirector {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const REDIRECTOR: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(307)
+        self.send_header("Location", sys.argv[4] + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_HEAD = do_GET
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
+
+fn redirector(cert: &ServerCert, location: &str) -> Redirector {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+        .port();
+    let child = std::process::Command::new(require_tool("python3"))
+        .args(["-c", REDIRECTOR, &port.to_string(), &path_str(&cert.crt), &path_str(&cert.key), location])
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the redirector did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    Redirector { child, port }
+}
+
+/// A verified registry (its CA trusted) redirects /v2/ to `https://localhost:OTHER/`, whose certificate is
+/// for other.example. The push must fail (it does: no fallback), and the error must be about the server
+/// that presented the certificate. Today the error names the registry and the probe describes the
+/// registry's own (good) certificate: "the TLS certificate of localhost:A is for localhost, 127.0.0.1, ::1,
+/// not localhost", which contradicts itself and names neither other.example nor the port that failed.
+#[test]
+fn a_certificate_failure_after_a_redirect_describes_the_server_redirected_to() {
+    let ca = TestCa::new();
+    let bad = registry_serving(ca.issue("other-name", "other.example", "DNS:other.example", None));
+    let other = format!("localhost:{}", bad.port());
+    let front = redirector(&ca.server(), &format!("https://{other}"));
+    let tmp = TempDir::new("review-redirect");
+    let target = format!("localhost:{}/ns/redirect:1", front.port);
+    let output = IdpbCommand::new()
+        .args(["push", &small_context(&tmp), "-t", &target, "-q", "--timeout", "10s", "--ca-file"])
+        .arg(&ca.ca_crt)
+        .run();
+    output.assert_code(1);
+    let line = assert_one_line_error(&output, &[]);
+    assert!(line.contains("other.example") && line.contains(&other), "names the server redirected to: {line}");
+}
