@@ -545,8 +545,13 @@ pub fn parse_key_value(flag: &str, s: &str) -> Result<(String, String)> {
 
 /// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
+    rfc3339_signed(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// [`rfc3339`] for any time, before 1970 too (certificates may say 1950).
+pub fn rfc3339_signed(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
     // Howard Hinnant's civil-from-days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -191,6 +191,25 @@ fn manifest_redirect_to_another_origin_carries_no_credentials() {
     output.assert_success();
 }
 
+/// A TLS registry, verified against its CA, that redirects a manifest GET to `http://`: the redirect is
+/// refused (what the registry says over TLS is never fetched in clear), one line naming the downgrade, and
+/// the plain-HTTP server is never asked.
+#[test]
+fn verified_https_registry_redirecting_to_plain_http_is_refused() {
+    let ca = TestCa::new();
+    let other = HostileServer::start(Scenario::Registry);
+    let options = HostileOptions { tls: Some(&ca), ..Default::default() };
+    let registry = HostileServer::start_with(Scenario::RedirectManifests { to: other.port() }, &options);
+    let ca_file = path_str(&ca.ca_crt);
+    let output = IdpbCommand::new()
+        .args(["inspect", &registry.reference(REPO_TAG), "--tls-verify", "true", "--ca-file", &ca_file])
+        .run();
+    output.assert_code(1);
+    assert_one_line_error(&output);
+    assert!(output.stderr.contains("from HTTPS to plain HTTP"), "{output}");
+    assert_eq!(other.count("GET", "/v2/ns/app/manifests/"), 0, "the plain-HTTP server was not asked: {output}");
+}
+
 /// A blob HEAD that the registry redirects (307) to another origin during a push is followed without
 /// the registry's Basic credentials.
 #[test]

@@ -61,8 +61,8 @@ pub fn run(args: TrustArgs) -> Result<()> {
             .map(|c| {
                 serde_json::json!({
                     "subject": c.subject, "issuer": c.issuer, "sha256": c.fingerprint(),
-                    "not_before": crate::image::rfc3339(c.not_before.max(0) as u64),
-                    "not_after": crate::image::rfc3339(c.not_after.max(0) as u64),
+                    "not_before": crate::image::rfc3339_signed(c.not_before),
+                    "not_after": crate::image::rfc3339_signed(c.not_after),
                     "ca": c.is_ca,
                 })
             })

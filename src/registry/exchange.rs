@@ -95,8 +95,13 @@ pub enum Failure {
     /// No answer before the deadline.
     TimedOut,
     Cancelled,
-    /// A redirect that cannot be followed (bad Location, too many hops, a streamed body).
+    /// A redirect that cannot be followed (bad Location, too many hops, a streamed body, HTTPS to HTTP).
     Redirect(String),
+    /// A hop after a redirect failed: `to` (`host:port`) is the server that failed, not the registry.
+    Redirected {
+        to: String,
+        failure: Box<Failure>,
+    },
 }
 
 /// The exchange layer: HTTP agents (TLS, proxy, timeouts) and the run's cancellation. Loopback traffic
@@ -151,7 +156,14 @@ impl Exchange {
         loop {
             let auth = authorize(&url);
             let hop = Call { method, url, headers: headers.clone(), body, limit, stream, cancellable };
-            let (answer, sent) = self.once(hop, deadline, auth)?;
+            let hop_origin = hop.url.origin().clone();
+            let (answer, sent) = self.once(hop, deadline, auth).map_err(|failure| match failure {
+                Failure::Client(_) | Failure::Read(_) if hops > 0 => Failure::Redirected {
+                    to: format!("{}:{}", hop_origin.host, hop_origin.port),
+                    failure: Box::new(failure),
+                },
+                other => other,
+            })?;
             if !matches!(answer.status, 301 | 302 | 303 | 307 | 308) {
                 return Ok(answer);
             }
@@ -168,6 +180,15 @@ impl Exchange {
                 .url
                 .join(location)
                 .map_err(|e| Failure::Redirect(format!("a redirect to an invalid Location ({e})")))?;
+            // TLS is never given up on the way: what the registry said over HTTPS is not fetched in clear.
+            if answer.url.is_https() && !url.is_https() {
+                return Err(Failure::Redirect(format!(
+                    "a redirect from HTTPS to plain HTTP ({}:{}), refused: it would drop the TLS the registry was \
+                     reached with",
+                    url.origin().host,
+                    url.origin().port
+                )));
+            }
             // 307/308 repeat the request as it was; the others turn anything but GET/HEAD into a GET.
             let keeps_method = matches!(answer.status, 307 | 308) || method == "GET" || method == "HEAD";
             // A body (a token request's form, a manifest, a chunk) never follows a redirect to another

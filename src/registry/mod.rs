@@ -345,7 +345,7 @@ pub struct Registry {
 /// hint for the note shown when the connection stays unverified: how to get verification.
 fn trust_for(host: &str, opts: &ConnectOptions, progress: &mut Progress) -> Result<(TlsOptions, String)> {
     let mut tls = opts.tls.clone();
-    if !tls.loopback_unverified(host) {
+    if !tls.loopback_unverified(host)? {
         return Ok((tls, String::new()));
     }
     if !crate::idpbuilder::serves(host) {
@@ -399,7 +399,7 @@ impl Registry {
         progress: &mut Progress,
     ) -> Result<Registry> {
         let (tls_opts, unverified_hint) = trust_for(host, opts, progress)?;
-        let transport = tls_opts.transport(host);
+        let transport = tls_opts.transport(host)?;
         let tls = tls_opts.config(host, &transport)?;
         // An exchange may take at most a minute, and never longer than the whole retry budget.
         let timeout = opts.request_timeout.unwrap_or(Duration::from_secs(60)).min(opts.retry.budget);
@@ -797,6 +797,11 @@ pub(crate) fn failure_error(host: &str, what: &str, method: &str, path: &str, fa
             transport(kind, format!("{what} reading the answer from {host}: {}", one_line(&e.to_string())))
         }
         Failure::Client(e) => client_error(host, what, e),
+        // Described as the server that failed (its certificate, its name), saying who sent us there.
+        Failure::Redirected { to, failure } => match failure_error(&to, what, method, path, *failure) {
+            Error::Tls(m) => Error::Tls(format!("{m} ({host} redirected there)")),
+            other => other,
+        },
     }
 }
 

@@ -13,7 +13,7 @@
 use std::io::ErrorKind;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -96,7 +96,7 @@ fn certificate(host: &str, err: &CertificateError, chain: Option<&[CertInfo]>) -
             if names.is_empty()
                 && let CertificateError::NotValidForNameContext { presented, .. } = err
             {
-                names = presented.iter().map(|n| crate::progress::escaped(n)).collect();
+                names = presented.iter().map(|n| crate::progress::escaped(&presented_name(n))).collect();
             }
             let name = host_name(host);
             let held = if names.is_empty() {
@@ -149,8 +149,14 @@ fn certificate(host: &str, err: &CertificateError, chain: Option<&[CertInfo]>) -
         }
         other => {
             let debug = format!("{other:?}");
-            let why = words(debug.trim_start_matches("Other(").trim_start_matches("OtherError("));
-            if why.contains("ca used as end entity") {
+            let innermost = debug.trim_start_matches("Other(").trim_start_matches("OtherError(").trim_end_matches(')');
+            let why = words(innermost);
+            if why.contains("end entity used as ca") {
+                format!(
+                    "a certificate in the chain {host} presents{subject} is used as a CA but is not one (its \
+                     basicConstraints say CA:FALSE); the registry's certificate chain must be reissued"
+                )
+            } else if why.contains("ca used as end entity") {
                 match leaf {
                     Some(l) if l.self_issued => format!(
                         "{host} presents a self-signed CA certificate ({}) as its own; the registry needs a \
@@ -167,6 +173,13 @@ fn certificate(host: &str, err: &CertificateError, chain: Option<&[CertInfo]>) -
             }
         }
     }
+}
+
+/// A name from rustls' `presented` list as the certificate holds it: webpki gives Debug text such as
+/// `DnsName("other.example")` or `IpAddress(127.0.0.1)`.
+fn presented_name(n: &str) -> String {
+    let inner = n.split_once('(').map_or(n, |(_, rest)| rest.trim_end_matches(')'));
+    inner.trim_matches('"').to_string()
 }
 
 /// `name` of `name:port` (brackets kept off an IPv6 address).
@@ -209,7 +222,7 @@ pub fn speaks_tls(host: &str, limit: Duration) -> bool {
 /// Certificate message, within `limit` in all. None when the server cannot be reached or presents nothing
 /// readable in time.
 fn peer_chain(host: &str, limit: Duration) -> Option<Vec<CertInfo>> {
-    let deadline = std::time::Instant::now() + limit;
+    let deadline = Instant::now() + limit;
     let name = host_name(host);
     let port = if host.starts_with('[') {
         host.rsplit_once("]:").and_then(|(_, p)| p.parse().ok()).unwrap_or(443)
@@ -217,9 +230,10 @@ fn peer_chain(host: &str, limit: Duration) -> Option<Vec<CertInfo>> {
         host.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(443)
     };
     let server_name = ServerName::try_from(name.to_string()).ok()?;
-    let addr = (name, port).to_socket_addrs().ok()?.next()?;
-    let left = || deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero());
-    let mut sock = TcpStream::connect_timeout(&addr, left()?).ok()?;
+    let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
+    // Every address the name resolves to, as the client that failed may have used any of them.
+    let sock = (name, port).to_socket_addrs().ok()?.find_map(|addr| TcpStream::connect_timeout(&addr, left()?).ok())?;
+    let mut sock = Bounded { sock, deadline };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let recorder = Arc::new(Recorder { provider: provider.clone(), chain: Mutex::new(Vec::new()) });
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -230,11 +244,6 @@ fn peer_chain(host: &str, limit: Duration) -> Option<Vec<CertInfo>> {
         .with_no_client_auth();
     let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).ok()?;
     while conn.is_handshaking() {
-        // Each read and write may take only what is left of the limit: a server that trickles cannot
-        // stretch the probe.
-        let Some(left) = left() else { break };
-        sock.set_read_timeout(Some(left)).ok()?;
-        sock.set_write_timeout(Some(left)).ok()?;
         match conn.complete_io(&mut sock) {
             Ok((0, 0)) => break, // the server closed the connection
             Ok(_) => {}
@@ -245,6 +254,40 @@ fn peer_chain(host: &str, limit: Duration) -> Option<Vec<CertInfo>> {
     let chain = recorder.chain.lock().ok()?.clone();
     let infos: Vec<CertInfo> = chain.iter().filter_map(|der| CertInfo::parse(der)).collect();
     (!infos.is_empty()).then_some(infos)
+}
+
+/// A socket whose every read and write gets only what is left of one deadline: a server that trickles a
+/// byte at a time cannot stretch the probe (rustls' `complete_io` reads in a loop of its own).
+struct Bounded {
+    sock: TcpStream,
+    deadline: Instant,
+}
+
+impl Bounded {
+    fn left(&self) -> std::io::Result<Duration> {
+        self.deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::new(ErrorKind::TimedOut, "probe deadline"))
+    }
+}
+
+impl std::io::Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.left()?))?;
+        self.sock.read(buf)
+    }
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.left()?))?;
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sock.flush()
+    }
 }
 
 /// A verifier that records the presented chain and refuses it, so the probe never completes a session.
@@ -363,6 +406,14 @@ mod tests {
         );
         assert_eq!(words("CaUsedAsEndEntity"), "ca used as end entity");
         assert_eq!(host_name("[::1]:5000"), "::1");
+        assert_eq!(presented_name("DnsName(\"other.example\")"), "other.example");
+        assert_eq!(presented_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        let name = CertificateError::NotValidForNameContext {
+            expected: ServerName::try_from("localhost").unwrap(),
+            presented: vec!["DnsName(\"other.example\")".into()],
+        };
+        let m = certificate("localhost:1", &name, None);
+        assert!(m.contains("is for other.example, not localhost"), "{m}");
         assert_eq!(host_name("localhost:5000"), "localhost");
     }
 }

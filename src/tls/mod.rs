@@ -5,12 +5,13 @@
 //! `$XDG_CONFIG_HOME/docker/certs.d/...`, `/etc/containers/certs.d/...`, `~/.config/containers/certs.d/...`,
 //! and `--ca-file`. A `NAME.cert` + `NAME.key` pair in one of those directories is the client certificate.
 //! Which scheme to try is a [`Transport`] decision made once per host. A loopback registry (127.0.0.0/8,
-//! ::1, `localhost`, `*.localtest.me`) with a CA of its own (a `*.crt` in one of its certs.d directories)
-//! is verified like any other, with no fallback: that is better than Docker, which never verifies
-//! loopback, and it is what `docker idpb trust` sets up. A CA given for the whole command (`--ca-file`, or
-//! the idpbuilder cluster's CA fetched for it) also makes a loopback registry verified, but one that does
-//! not speak TLS at all may still be reached over plain HTTP, since the CA may be for another registry of
-//! the same push; a certificate that fails verification is never bypassed. A loopback
+//! ::1, `localhost`, `*.localtest.me`) with a CA of its own (a `*.crt` in one of its certs.d directories,
+//! or the idpbuilder cluster's CA fetched for it) is verified like any other, with no fallback: that is
+//! better than Docker, which never verifies loopback, and it is what `docker idpb trust` sets up. A
+//! certs.d directory that exists but cannot be read is an error, never "no CA". `--ca-file`, given for the
+//! whole command, also makes a loopback registry verified, but one that does not speak TLS at all may
+//! still be reached over plain HTTP, since the CA may be for another registry of the same push; a
+//! certificate that fails verification is never bypassed. A loopback
 //! registry with no CA is treated as Docker treats it, HTTPS without verification and then plain HTTP, and
 //! the note that says so names `docker idpb trust`. `--insecure` does that for any host; `--plain-http` is
 //! HTTP only; everything else is verified HTTPS with no fallback, and a verification failure is an error in
@@ -65,28 +66,33 @@ pub enum Transport {
 }
 
 impl TlsOptions {
-    /// The transport for `host` (with optional `:port`).
-    pub fn transport(&self, host: &str) -> Transport {
-        if self.plain_http {
+    /// The transport for `host` (with optional `:port`). An error when one of its certs.d directories
+    /// cannot be read: a CA that may be there must not turn into "no CA", hence an unverified connection.
+    pub fn transport(&self, host: &str) -> Result<Transport> {
+        Ok(if self.plain_http {
             Transport::Http
         } else if self.verify == Some(true) {
             Transport::Https
         } else if self.insecure || self.verify == Some(false) {
             Transport::InsecureHttps
-        } else if !is_loopback(host) || installed_cas(host).next().is_some() {
+        } else if !is_loopback(host) || !self.anchors.is_empty() || !installed_cas(host)?.is_empty() {
+            // A CA of the host's own (installed, or fetched for it from the idpbuilder cluster): verified.
             Transport::Https
-        } else if !self.ca_files.is_empty() || !self.anchors.is_empty() {
+        } else if !self.ca_files.is_empty() {
             // A CA given for the whole command may be for another of its registries.
             Transport::HttpsOrHttp
         } else {
             Transport::InsecureHttps
-        }
+        })
     }
 
     /// Whether `host` would be reached unverified only because it is loopback: the case where fetching a
     /// CA for it (idpbuilder's) turns the connection into a verified one.
-    pub fn loopback_unverified(&self, host: &str) -> bool {
-        !self.plain_http && !self.insecure && self.verify.is_none() && self.transport(host) == Transport::InsecureHttps
+    pub fn loopback_unverified(&self, host: &str) -> Result<bool> {
+        Ok(!self.plain_http
+            && !self.insecure
+            && self.verify.is_none()
+            && self.transport(host)? == Transport::InsecureHttps)
     }
 
     /// The rustls configuration for `host`.
@@ -108,8 +114,7 @@ impl TlsOptions {
         }
         let mut client = None;
         for dir in cert_dirs(host) {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
-            let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut names = dir_entries(&dir)?;
             names.sort();
             for path in names {
                 match path.extension().and_then(|e| e.to_str()) {
@@ -163,18 +168,30 @@ fn resolves_to_loopback(host: &str) -> bool {
     }
 }
 
-/// The `*.crt` files in `host`'s certs.d directories.
-pub fn installed_cas(host: &str) -> impl Iterator<Item = PathBuf> {
-    cert_dirs(host).into_iter().flat_map(|dir| {
-        let mut files: Vec<PathBuf> = fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "crt"))
-            .collect();
+/// The `*.crt` files in `host`'s certs.d directories; an error for a directory that exists but cannot
+/// be read.
+pub fn installed_cas(host: &str) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for dir in cert_dirs(host) {
+        let mut files: Vec<PathBuf> =
+            dir_entries(&dir)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "crt")).collect();
         files.sort();
-        files
-    })
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+/// The entries of a certs.d directory: none when it does not exist, an error when it cannot be listed.
+fn dir_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            entries.map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, "read CA directory", err))).collect()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(Error::io(dir, "read CA directory", e)),
+    }
 }
 
 /// The certs.d directories consulted for `host`, in order.
@@ -227,25 +244,34 @@ fn read_key(path: &Path) -> Result<PrivateKey<'static>> {
 mod tests {
     use super::*;
 
+    impl TlsOptions {
+        fn transport_ok(&self, host: &str) -> Transport {
+            self.transport(host).unwrap()
+        }
+    }
+
     #[test]
     fn transport_rules() {
         let default = TlsOptions::default();
-        assert_eq!(default.transport("registry.example.com"), Transport::Https);
-        assert_eq!(default.transport("127.0.0.1:5000"), Transport::InsecureHttps);
-        assert_eq!(default.transport("gitea.cnoe.localtest.me:8443"), Transport::InsecureHttps);
-        assert_eq!(default.transport("[::1]:5000"), Transport::InsecureHttps);
+        assert_eq!(default.transport_ok("registry.example.com"), Transport::Https);
+        assert_eq!(default.transport_ok("127.0.0.1:5000"), Transport::InsecureHttps);
+        assert_eq!(default.transport_ok("gitea.cnoe.localtest.me:8443"), Transport::InsecureHttps);
+        assert_eq!(default.transport_ok("[::1]:5000"), Transport::InsecureHttps);
         let verify = TlsOptions { verify: Some(true), ..Default::default() };
-        assert_eq!(verify.transport("127.0.0.1:5000"), Transport::Https);
+        assert_eq!(verify.transport_ok("127.0.0.1:5000"), Transport::Https);
         let insecure = TlsOptions { insecure: true, ..Default::default() };
-        assert_eq!(insecure.transport("registry.example.com"), Transport::InsecureHttps);
+        assert_eq!(insecure.transport_ok("registry.example.com"), Transport::InsecureHttps);
         let plain = TlsOptions { plain_http: true, ..Default::default() };
-        assert_eq!(plain.transport("registry.example.com"), Transport::Http);
+        assert_eq!(plain.transport_ok("registry.example.com"), Transport::Http);
         let ca = TlsOptions { ca_files: vec!["ca.crt".into()], ..Default::default() };
-        assert_eq!(ca.transport("127.0.0.1:5999"), Transport::HttpsOrHttp);
-        assert_eq!(ca.transport("registry.example.com"), Transport::Https);
+        assert_eq!(ca.transport_ok("127.0.0.1:5999"), Transport::HttpsOrHttp);
+        assert_eq!(ca.transport_ok("registry.example.com"), Transport::Https);
         let anchor = TlsOptions { anchors: vec![Anchor { source: "x".into(), pem: vec![] }], ..Default::default() };
-        assert_eq!(anchor.transport("localhost:5999"), Transport::HttpsOrHttp);
-        assert!(!anchor.loopback_unverified("localhost:5999") && default.loopback_unverified("localhost:5999"));
+        assert_eq!(anchor.transport_ok("localhost:5999"), Transport::Https);
+        assert!(
+            !anchor.loopback_unverified("localhost:5999").unwrap()
+                && default.loopback_unverified("localhost:5999").unwrap()
+        );
     }
 
     #[test]

@@ -103,11 +103,23 @@ pub fn ca_path(host: &str, scope: Scope) -> Result<PathBuf> {
 
 /// Writes `ca` as `host`'s CA in `scope`; the path written.
 pub fn install(host: &str, ca: &Ca, scope: Scope) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     let path = ca_path(host, scope)?;
+    let readable = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(p, "set the mode of", e))
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+        // A certificate is public: whatever the umask, every user (and a Docker engine) must read it, or
+        // a run as another user would find no CA and fall back to an unverified connection.
+        readable(dir, 0o755)?;
+        if let (Scope::System, Some(root)) = (scope, dir.parent()) {
+            readable(root, 0o755)?; // /etc/docker/certs.d, read by every user's docker-idpb
+        }
     }
     crate::atomic::write(&path, &ca.pem, 0o644)?;
+    readable(&path, 0o644)?;
     Ok(path)
 }
 

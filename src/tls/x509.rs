@@ -111,7 +111,7 @@ fn common_name(dn: &str) -> Option<&str> {
 
 /// A time as `2026-12-01 13:14:17 UTC`.
 pub fn format_time(secs: i64) -> String {
-    crate::image::rfc3339(secs.max(0) as u64).replace('T', " ").replace('Z', " UTC")
+    crate::image::rfc3339_signed(secs).replace('T', " ").replace('Z', " UTC")
 }
 
 /// The PEM blocks of type CERTIFICATE in `pem`, as DER.
@@ -326,6 +326,7 @@ mod tests {
         assert_eq!(format_time(time(&utc).unwrap()), "2049-12-31 23:59:59 UTC");
         let generalized = Tlv { tag: 0x18, value: b"19700101000000Z" };
         assert_eq!(time(&generalized), Some(0));
+        assert_eq!(format_time(time(&Tlv { tag: 0x17, value: b"600101000000Z" }).unwrap()), "1960-01-01 00:00:00 UTC");
         assert_eq!(time(&Tlv { tag: 0x17, value: b"501301000000Z" }), None);
         assert!(CertInfo::parse(b"").is_none());
         assert!(CertInfo::parse(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
