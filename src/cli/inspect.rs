@@ -28,12 +28,18 @@ fn connect(flags: &dyn RegistryFlags, host: &str, quiet: bool) -> Result<Registr
 struct NamePrinter {
     json: bool,
     first: bool,
-    out: std::io::StdoutLock<'static>,
+    /// Buffered: stdout's own buffer flushes at every newline, a system call per name in a list of
+    /// millions.
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
 }
 
 impl NamePrinter {
     fn start(json: bool, head: &str) -> Result<NamePrinter> {
-        let mut p = NamePrinter { json, first: true, out: std::io::stdout().lock() };
+        let mut p = NamePrinter {
+            json,
+            first: true,
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
+        };
         if json {
             p.emit(head)?;
         }
@@ -57,10 +63,11 @@ impl NamePrinter {
     }
 
     fn finish(mut self) -> Result<()> {
+        use std::io::Write;
         if self.json {
             self.emit("]}\n")?;
         }
-        Ok(())
+        self.out.flush().map_err(|e| Error::io("stdout", "write", e))
     }
 }
 
