@@ -47,7 +47,11 @@ fn push_command(creds_for: &Registry, ctx: &Path, target: &str, base: &str, extr
     cmd.arg("push").arg(ctx).args(["-t", target, "--base", base, "--format", "json", "-q"]).args(extra);
     creds_for.write_docker_config(&cmd.docker_config());
     if let Some(ca) = creds_for.ca() {
-        cmd.arg("--ca-file").arg(ca);
+        // In certs.d, for that registry alone: a --ca-file would make every loopback registry of the push
+        // a verified one, the plain-HTTP target of a cross-registry push included.
+        let dir = cmd.home().join(".config/docker/certs.d").join(creds_for.host());
+        fs::create_dir_all(&dir).expect("create certs.d");
+        fs::copy(ca, dir.join("ca.crt")).expect("install the CA in certs.d");
     }
     cmd
 }

@@ -374,8 +374,8 @@ fn plain_http_recorder() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 /// With the idpbuilder host as target and its CA fetched from the cluster to verify it, a server on that
 /// port that speaks plain HTTP must not get the push (and the Gitea admin's password from the cluster) over
-/// plain HTTP: the CA was fetched for this very host, so `HttpsOrHttp` ("the CA may be for another registry
-/// of the command") does not apply. Today the push notes "verifying ... with the idpbuilder cluster's CA",
+/// plain HTTP: the CA was fetched for this very host, so no plain-HTTP fallback applies. Before the fix the
+/// push noted "verifying ... with the idpbuilder cluster's CA",
 /// then "reached over plain HTTP", and sends `Authorization: Basic` in clear.
 #[test]
 fn a_fetched_cluster_ca_never_falls_back_to_plain_http() {
@@ -408,6 +408,25 @@ fn a_fetched_cluster_ca_never_falls_back_to_plain_http() {
     assert!(sent.is_empty(), "credentials sent over plain HTTP after fetching the CA to verify: {sent:?}\n{output}");
     assert!(!output.stderr.contains("over plain HTTP"), "{output}");
     assert_ne!(output.code, Some(0), "{output}");
+}
+
+/// A loopback registry with `--ca-file` is verified, with no fallback (the issue: "a loopback registry with
+/// a CA installed (certs.d or --ca-file) is verified against it: no fallback"): a server on that port that
+/// speaks plain HTTP gets no push and no credentials; the error says it does not speak TLS.
+#[test]
+fn a_ca_file_never_falls_back_to_plain_http() {
+    let ca = TestCa::new();
+    let (port, seen) = plain_http_recorder();
+    let tmp = TempDir::new("review-ca-file-http");
+    let target = format!("localhost:{port}/ns/cafile:1");
+    let mut cmd = IdpbCommand::new();
+    cmd.args(["push", &small_context(&tmp), "-t", &target, "--timeout", "10s", "-u", "me", "--password-stdin"]);
+    cmd.arg("--ca-file").arg(&ca.ca_crt);
+    let output = run_with_stdin(&mut cmd, "ca-file-pw");
+    let sent = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(sent.is_empty(), "credentials sent over plain HTTP with --ca-file: {sent:?}\n{output}");
+    output.assert_code(1);
+    assert_one_line_error(&output, &["does not speak TLS"]);
 }
 
 // ---------------------------------------------------------------------------------------------------------

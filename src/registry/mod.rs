@@ -420,7 +420,7 @@ impl Registry {
         };
         let schemes: &[&str] = match transport {
             Transport::Https => &["https"],
-            Transport::InsecureHttps | Transport::HttpsOrHttp => &["https", "http"],
+            Transport::InsecureHttps => &["https", "http"],
             Transport::Http => &["http"],
         };
         let first = Url::parse(&format!("{}://{host}/", schemes[0]))
@@ -456,11 +456,6 @@ impl Registry {
                         let why = if loopback { "a loopback registry, as Docker does" } else { "--insecure" };
                         let hint = if loopback && *scheme == "https" { unverified_hint.as_str() } else { "" };
                         progress.note(&format!("note: {host} is reached over {how} ({why}){hint}"));
-                    } else if transport == Transport::HttpsOrHttp && *scheme == "http" {
-                        progress.note(&format!(
-                            "note: {host} is reached over plain HTTP (it does not speak TLS; a loopback registry, \
-                             as Docker does)"
-                        ));
                     }
                     if *scheme == "http" && !loopback && reg.auth.credential().is_some() {
                         return Err(Error::Auth(format!(
@@ -473,8 +468,6 @@ impl Registry {
                 // A name that does not resolve will not resolve for another scheme either.
                 Err(e @ Error::Registry(_)) if !e.is_transient() && is_dns(&e) => return Err(e),
                 Err(e @ (Error::Cancelled | Error::Usage(_))) => return Err(e),
-                // Verified HTTPS falls back only from a server that does not speak TLS at all.
-                Err(e) if transport == Transport::HttpsOrHttp && !is_plain_http(&e) => return Err(e),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -769,10 +762,6 @@ impl Registry {
         Error::registry(RegistryErrorKind::Status { status: resp.status, codes: error_codes(&resp.body) }, message)
             .with_attempts(resp.attempts)
     }
-}
-
-fn is_plain_http(e: &Error) -> bool {
-    matches!(e, Error::Registry(r) if r.kind == RegistryErrorKind::Transport(TransportKind::PlainHttp))
 }
 
 fn is_dns(e: &Error) -> bool {

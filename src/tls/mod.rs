@@ -8,10 +8,9 @@
 //! ::1, `localhost`, `*.localtest.me`) with a CA of its own (a `*.crt` in one of its certs.d directories,
 //! or the idpbuilder cluster's CA fetched for it) is verified like any other, with no fallback: that is
 //! better than Docker, which never verifies loopback, and it is what `docker idpb trust` sets up. A
-//! certs.d directory that exists but cannot be read is an error, never "no CA". `--ca-file`, given for the
-//! whole command, also makes a loopback registry verified, but one that does not speak TLS at all may
-//! still be reached over plain HTTP, since the CA may be for another registry of the same push; a
-//! certificate that fails verification is never bypassed. A loopback
+//! certs.d directory that exists but cannot be read is an error, never "no CA". `--ca-file` is given for
+//! the whole command, so it makes every loopback registry of the command a verified one (a push to a
+//! TLS registry and a plain-HTTP one at once puts the CA in the first's certs.d instead). A loopback
 //! registry with no CA is treated as Docker treats it, HTTPS without verification and then plain HTTP, and
 //! the note that says so names `docker idpb trust`. `--insecure` does that for any host; `--plain-http` is
 //! HTTP only; everything else is verified HTTPS with no fallback, and a verification failure is an error in
@@ -58,9 +57,6 @@ pub enum Transport {
     Https,
     /// HTTPS without verification, falling back to HTTP if the server does not speak TLS.
     InsecureHttps,
-    /// Verified HTTPS, falling back to HTTP only if the server does not speak TLS at all (a loopback
-    /// registry when `--ca-file` may be meant for another registry of the same command).
-    HttpsOrHttp,
     /// Plain HTTP.
     Http,
 }
@@ -75,12 +71,13 @@ impl TlsOptions {
             Transport::Https
         } else if self.insecure || self.verify == Some(false) {
             Transport::InsecureHttps
-        } else if !is_loopback(host) || !self.anchors.is_empty() || !installed_cas(host)?.is_empty() {
-            // A CA of the host's own (installed, or fetched for it from the idpbuilder cluster): verified.
+        } else if !is_loopback(host)
+            || !self.anchors.is_empty()
+            || !self.ca_files.is_empty()
+            || !installed_cas(host)?.is_empty()
+        {
+            // A CA given (certs.d, --ca-file, or fetched from the idpbuilder cluster): verified, no fallback.
             Transport::Https
-        } else if !self.ca_files.is_empty() {
-            // A CA given for the whole command may be for another of its registries.
-            Transport::HttpsOrHttp
         } else {
             Transport::InsecureHttps
         })
@@ -264,7 +261,7 @@ mod tests {
         let plain = TlsOptions { plain_http: true, ..Default::default() };
         assert_eq!(plain.transport_ok("registry.example.com"), Transport::Http);
         let ca = TlsOptions { ca_files: vec!["ca.crt".into()], ..Default::default() };
-        assert_eq!(ca.transport_ok("127.0.0.1:5999"), Transport::HttpsOrHttp);
+        assert_eq!(ca.transport_ok("127.0.0.1:5999"), Transport::Https);
         assert_eq!(ca.transport_ok("registry.example.com"), Transport::Https);
         let anchor = TlsOptions { anchors: vec![Anchor { source: "x".into(), pem: vec![] }], ..Default::default() };
         assert_eq!(anchor.transport_ok("localhost:5999"), Transport::Https);
