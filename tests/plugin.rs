@@ -137,14 +137,7 @@ fn assert_cancelled_cleanly(registry: &Registry, repo: &str) {
     // 404 when a PATCH abandoned by the cancel had moved the session past the Location the DELETE names:
     // the reference registry then cancels the upload as it answers. Either way no session may be left.
     assert!(deleted.iter().all(|r| r.status == 204 || r.status == 404), "the registry deleted it: {deleted:?}");
-    let sessions = registry.storage_dir().join(format!("docker/registry/v2/repositories/{repo}/_uploads"));
-    let left: Vec<_> = std::fs::read_dir(&sessions)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|s| s.join("data").exists() || s.join("startedat").exists())
-        .collect();
+    let left = registry.open_upload_sessions(repo);
     assert!(left.is_empty(), "upload sessions left: {left:?}\n{requests:?}");
     assert!(!requests.iter().any(|r| r.method == "PUT" && r.path.contains("/manifests/")), "{requests:?}");
     assert!(tag_list(registry, repo).is_empty(), "no tag after a cancel");

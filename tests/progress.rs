@@ -281,9 +281,7 @@ fn assert_cancelled(registry: &Registry, repo: &str, code: Option<i32>, transcri
     // the reference registry then cancels the upload as it answers. Either way no session may be left:
     // a cancelled one loses its `data` and `startedat` (the registry leaves its hash state behind).
     assert!(deleted.iter().all(|r| r.status == 204 || r.status == 404), "{deleted:?}");
-    let uploads = registry.storage_dir().join(format!("docker/registry/v2/repositories/{repo}/_uploads"));
-    let sessions = std::fs::read_dir(&uploads).into_iter().flatten().flatten().map(|e| e.path());
-    let left: Vec<_> = sessions.filter(|s| s.join("data").exists() || s.join("startedat").exists()).collect();
+    let left = registry.open_upload_sessions(repo);
     assert!(left.is_empty(), "upload sessions left: {left:?}\n{requests:?}");
     assert!(!requests.iter().any(|r| r.method == "PUT" && r.path.contains("/manifests/")), "{requests:?}");
 }

@@ -577,14 +577,7 @@ fn cancel_mid_upload(signal: &str, seed: u64) {
     // 404 when a PATCH abandoned by the cancel moved the session past the Location the DELETE names: the
     // reference registry then cancels the upload as it answers. The storage says whether a session is left.
     assert!(matches!(deleted[0].upstream_status, Some(204 | 404)), "the registry deleted it:\n{log}");
-    let sessions = registry.storage_dir().join("docker/registry/v2/repositories/ns/x/_uploads");
-    let left: Vec<_> = std::fs::read_dir(&sessions)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|s| s.join("data").exists() || s.join("startedat").exists())
-        .collect();
+    let left = registry.open_upload_sessions("ns/x");
     assert!(left.is_empty(), "upload sessions left: {left:?}\n{log}");
     assert_eq!(registry.count_requests("DELETE", &session), 1, "the registry's access log shows the DELETE");
     assert_eq!(proxy.count("PUT", MANIFESTS), 0, "no manifest after a cancel:\n{log}");

@@ -203,6 +203,19 @@ impl Registry {
         self.dir.join("storage")
     }
 
+    /// The upload sessions of `repo` still open in the registry's storage: a cancelled or deleted one
+    /// loses its `data` and `startedat` (the registry leaves its hash state behind).
+    pub fn open_upload_sessions(&self, repo: &str) -> Vec<PathBuf> {
+        let uploads = self.storage_dir().join(format!("docker/registry/v2/repositories/{repo}/_uploads"));
+        fs::read_dir(&uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|s| s.join("data").exists() || s.join("startedat").exists())
+            .collect()
+    }
+
     /// Everything the registry printed so far (logrus lines and access-log lines).
     pub fn log(&self) -> String {
         self.process.log()
