@@ -1,5 +1,5 @@
-//! Review of the verified-TLS change (`trust`, loopback verification, certificate errors in words): what a
-//! hostile or unusual server, certificate or machine does to it. Every server here is on loopback: a real
+//! Verified TLS against hostile or unusual servers, certificates and machines (`trust`, loopback verification,
+//! certificate errors in words). Every server here is on loopback: a real
 //! registry (tests/support) behind a small TCP front that relays the first connection (the push's own
 //! handshake) and treats later ones (the diagnosis probe's) as the test needs, or a tiny plain-HTTP server.
 
