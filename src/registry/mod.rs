@@ -515,8 +515,13 @@ impl Registry {
                 .exchange
                 .run(call, exchange_deadline, &mut |_| None)
                 .map_err(|f| failure_error(&self.host, "contacting the registry", "GET", url.path(), f));
-            let registry_like = matches!(&result, Ok(a) if (200..300).contains(&a.status) || a.status == 401);
-            if probe_tls && retrier.attempt() == 1 && !registry_like && !matches!(result, Err(Error::Cancelled)) {
+            // Only what a TLS port does with plain HTTP: a 400 (Go and nginx answer so) or no HTTP at all. A
+            // registry's own status (a 503 while busy) is no reason to ask, and asking costs time.
+            let tls_like = match &result {
+                Ok(a) => a.status == 400,
+                Err(e) => !matches!(e, Error::Cancelled),
+            };
+            if probe_tls && retrier.attempt() == 1 && tls_like {
                 let limit = deadline.saturating_duration_since(Instant::now());
                 if crate::tls::diagnose::speaks_tls(&self.host, limit) {
                     return Err(Error::usage(format!(

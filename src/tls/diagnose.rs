@@ -215,7 +215,9 @@ fn words(s: &str) -> String {
 /// Whether `host` answers a TLS handshake (it presented a certificate): to tell a user who asked for plain
 /// HTTP that the port speaks TLS.
 pub fn speaks_tls(host: &str, limit: Duration) -> bool {
-    peer_chain(host, limit.min(PROBE_TIMEOUT)).is_some()
+    // A TLS server answers a ClientHello at once; a plain-HTTP one may wait for a request line that never
+    // comes, so the question gets 2 s at most.
+    peer_chain(host, limit.min(Duration::from_secs(2))).is_some()
 }
 
 /// The certificates `host` presents, leaf first, read by a handshake that stops after the server's
