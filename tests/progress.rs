@@ -338,5 +338,8 @@ fn sigint_to_docker_and_the_plugin_together_is_one_clean_cancel() {
         assert!(status.is_ok_and(|s| s.success()), "kill -INT -- {target}");
     }
     let output = push.finish(Duration::from_secs(60));
-    assert_cancelled(&registry, "ns/cancel", output.code, &output.stderr);
+    // The docker CLI itself, signalled twice, may die of the signal after the plugin exited (no exit code):
+    // what is checked is the plugin's clean cancel, its words and the registry's state.
+    let code = output.code.or(Some(130));
+    assert_cancelled(&registry, "ns/cancel", code, &output.stderr);
 }
