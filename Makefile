@@ -28,7 +28,7 @@ deps:
 
 # Unit and integration tests (the static-binary test needs dist/docker-idpb, hence `static`).
 test: deps lint static
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=2
 
 unit:
 	$(CARGO) test --lib
