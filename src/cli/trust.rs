@@ -29,14 +29,16 @@ pub fn run(args: TrustArgs) -> Result<()> {
             let timeout = args.timeout.as_deref().map(|t| super::parse_duration("--timeout", t)).transpose()?;
             let fetched = crate::idpbuilder::cluster_ca_within(timeout, &Cancel::process()).map_err(|e| match e {
                 Error::Cancelled => e,
-                other => Error::Tls(format!("{other}; or give the CA with `trust {host} --from-file CA.pem`")),
+                other => {
+                    Error::Tls(format!("{other}; or give the CA with `docker-idpb trust {host} --from-file CA.pem`"))
+                }
             });
             match fetched? {
                 Some(anchor) => Ca::from_pem(&anchor.pem, &anchor.source)?,
                 None => {
                     return Err(Error::Tls(format!(
                         "kubectl is not installed, so the idpbuilder cluster's CA cannot be fetched; give the CA \
-                         with `trust {host} --from-file CA.pem`"
+                         with `docker-idpb trust {host} --from-file CA.pem`"
                     )));
                 }
             }
