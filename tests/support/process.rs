@@ -279,19 +279,7 @@ impl Background {
 
     /// Waits for the exit; panics with what it printed (after killing it) when it outlives `timeout`.
     pub fn finish(&mut self, timeout: Duration) -> Output {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-                Err(e) => panic!("cannot wait for `{}`: {e}", self.command),
-            }
-        };
+        let status = wait_or_kill(&mut self.child, &self.command, timeout);
         let output = Output {
             command: self.command.clone(),
             code: status.and_then(|s| s.code()),
@@ -477,5 +465,26 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit within `timeout`; kills it and gives None when it outlives it.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    command: &str,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Err(e) => panic!("cannot wait for `{command}`: {e}"),
+        }
     }
 }

@@ -100,19 +100,7 @@ impl Terminal {
     /// Waits for the exit (`script -e` passes the command's exit code on); panics with the transcript
     /// (after killing it) when it outlives `timeout`.
     pub fn finish(&mut self, timeout: Duration) -> Output {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-                Err(e) => panic!("cannot wait for `{}`: {e}", self.command),
-            }
-        };
+        let status = super::process::wait_or_kill(&mut self.child, &self.command, timeout);
         let transcript = self.transcript.take().and_then(|t| t.join().ok()).unwrap_or_default();
         let mut stderr = String::new();
         if let Some(mut e) = self.child.stderr.take() {
