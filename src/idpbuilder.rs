@@ -109,9 +109,7 @@ pub fn cluster_ca_within(
     let v: Value = serde_json::from_slice(&out).map_err(|_| bad())?;
     let b64 = v.get("data").and_then(|d| d.get(key)).and_then(Value::as_str).ok_or_else(bad)?;
     let pem = base64_decode(b64).ok_or_else(bad)?;
-    if crate::tls::x509::pem_certificates(&pem).is_empty() {
-        return Err(bad());
-    }
+    crate::tls::parse_certs(&pem, &source).map_err(|_| bad())?;
     Ok(Some(crate::tls::Anchor { source, pem }))
 }
 

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use idpb::tls::x509::{CertInfo, pem_certificates};
+use idpb::tls::parse_certs;
+use idpb::tls::x509::CertInfo;
 use support::*;
 
 /// What the loopback rule's note says.
@@ -37,7 +38,10 @@ impl Rng {
 /// (it runs on whatever a server presents during the diagnosis handshake). Passes today: kept as a guard.
 #[test]
 fn the_der_reader_survives_hostile_input() {
-    let der = pem_certificates(include_bytes!("../src/tls/testdata/unit-ca.pem")).remove(0);
+    let der = parse_certs(include_bytes!("../src/tls/testdata/unit-ca.pem"), "unit-ca.pem").expect("a PEM certificate")
+        [0]
+    .der()
+    .to_vec();
     assert!(CertInfo::parse(&der).is_some());
     for len in 0..der.len() {
         let _ = CertInfo::parse(&der[..len]);
@@ -78,7 +82,7 @@ fn the_der_reader_survives_hostile_input() {
         let mut framed = vec![0x30, 0x82, (n >> 8) as u8, n as u8];
         framed.extend(&noise);
         let _ = CertInfo::parse(&framed);
-        let _ = pem_certificates(&noise);
+        let _ = parse_certs(&noise, "noise");
     }
 }
 

@@ -215,7 +215,7 @@ fn read_certs(path: &Path) -> Result<Vec<Certificate<'static>>> {
 }
 
 /// The certificates of a PEM text; `source` names it in errors.
-fn parse_certs(pem: &[u8], source: &str) -> Result<Vec<Certificate<'static>>> {
+pub fn parse_certs(pem: &[u8], source: &str) -> Result<Vec<Certificate<'static>>> {
     let path = crate::progress::escaped(source);
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(pem) {

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::x509::{CertInfo, pem_certificates};
+use super::x509::CertInfo;
 use crate::error::{Error, Result};
 
 /// Which certs.d tree.
@@ -34,17 +34,11 @@ pub struct Ca {
 impl Ca {
     /// The certificates of `pem`; an error naming `source` when there is none or one cannot be read.
     pub fn from_pem(pem: &[u8], source: &str) -> Result<Ca> {
-        let ders = pem_certificates(pem);
         let shown = crate::progress::escaped(source);
-        if ders.is_empty() {
-            return Err(Error::Tls(format!(
-                "{shown} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----); give the registry's CA \
-                 certificate"
-            )));
-        }
         let mut certificates = Vec::new();
         let mut out = String::new();
-        for der in &ders {
+        for cert in super::parse_certs(pem, source)? {
+            let der = cert.der();
             let info = CertInfo::parse(der).ok_or_else(|| {
                 Error::Tls(format!("{shown} holds a certificate that is not valid X.509; check the file"))
             })?;
@@ -154,7 +148,10 @@ mod tests {
         let ca = Ca::from_pem(with_key.as_bytes(), "bundle.pem").unwrap();
         let kept = String::from_utf8(ca.pem.clone()).unwrap();
         assert!(!kept.contains("PRIVATE KEY"));
-        assert_eq!(pem_certificates(&ca.pem), pem_certificates(PEM.as_bytes()));
+        let ders = |pem: &[u8]| -> Vec<Vec<u8>> {
+            crate::tls::parse_certs(pem, "x").unwrap().iter().map(|c| c.der().to_vec()).collect()
+        };
+        assert_eq!(ders(&ca.pem), ders(PEM.as_bytes()));
         assert_eq!(ca.certificates[0].subject, "CN=idpb unit CA, O=idpb");
         let err = Ca::from_pem(b"hello", "x.pem").unwrap_err().to_string();
         assert!(err.contains("x.pem holds no PEM certificate"), "{err}");

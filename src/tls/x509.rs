@@ -114,23 +114,6 @@ pub fn format_time(secs: i64) -> String {
     crate::image::rfc3339_signed(secs).replace('T', " ").replace('Z', " UTC")
 }
 
-/// The PEM blocks of type CERTIFICATE in `pem`, as DER.
-pub fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
-    let text = String::from_utf8_lossy(pem);
-    let mut out = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let body = &rest[start + 27..];
-        let Some(end) = body.find("-----END CERTIFICATE-----") else { break };
-        let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-        if let Some(der) = crate::credentials::base64_decode(&b64) {
-            out.push(der);
-        }
-        rest = &body[end..];
-    }
-    out
-}
-
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 const INTEGER: u8 = 0x02;
@@ -306,9 +289,9 @@ mod tests {
 
     #[test]
     fn reads_the_fields_openssl_shows() {
-        let ders = pem_certificates(PEM.as_bytes());
-        assert_eq!(ders.len(), 1);
-        let info = CertInfo::parse(&ders[0]).expect("parses");
+        let certs = crate::tls::parse_certs(PEM.as_bytes(), "unit-ca.pem").expect("a PEM certificate");
+        assert_eq!(certs.len(), 1);
+        let info = CertInfo::parse(certs[0].der()).expect("parses");
         assert_eq!(info.subject, "CN=idpb unit CA, O=idpb");
         assert_eq!(info.issuer, info.subject);
         assert!(info.self_issued && info.is_ca);
@@ -330,7 +313,6 @@ mod tests {
         assert_eq!(time(&Tlv { tag: 0x17, value: b"501301000000Z" }), None);
         assert!(CertInfo::parse(b"").is_none());
         assert!(CertInfo::parse(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
-        assert!(pem_certificates(b"no pem here").is_empty());
         assert_eq!(dotted(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]), "1.2.840.113549");
     }
 }
